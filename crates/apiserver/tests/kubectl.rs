@@ -1,0 +1,292 @@
+//! Loopback integration: the real kubectl 1.32 against a real dari server on 127.0.0.1:0.
+
+mod common;
+
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_version_and_discovery() {
+    let c = common::start().await;
+    assert_eq!(c.ok(&["get", "--raw", "/readyz"]).await.trim(), "ok");
+    let v = c.ok(&["version", "-o", "json"]).await;
+    assert_eq!(json(&v)["serverVersion"]["minor"], "32");
+    let res = c.ok(&["api-resources", "--no-headers"]).await;
+    for want in ["pods", "services", "deployments", "endpointslices", "ingresses", "leases", "clusterroles"] {
+        assert!(res.lines().any(|l| l.starts_with(want)), "api-resources lacks {want}:\n{res}");
+    }
+    let ns = c.ok(&["get", "ns", "-o", "name"]).await;
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(&format!("namespace/{n}")), "{ns}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_is_401_but_health_is_open() {
+    let c = common::start().await;
+    let ca = c.dir.path().join("pki/ca.crt");
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .arg(format!("{}{}", c.url(), path))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl("/api/v1/pods"), "401");
+    assert_eq!(curl("/readyz"), "200");
+    assert_eq!(curl("/version"), "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_service_and_clusterip_scenario() {
+    let c = common::start().await;
+    let k = c.ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP} {.spec.ports[0].port}"]).await;
+    assert_eq!(k, "10.96.0.1 443");
+    let ep = c.ok(&["get", "endpoints", "kubernetes", "-o", "jsonpath={.subsets[0].addresses[0].ip}"]).await;
+    assert_eq!(ep, "127.0.0.1");
+
+    let dir = common::scenarios().join("seed-003-clusterip");
+    let out = c.ok(&["apply", "-f", dir.to_str().expect("utf8")]).await;
+    assert!(out.contains("service/svc-clusterip created") && out.contains("pod/webpod1 created") && out.contains("pod/net-pod created"), "{out}");
+    // applying again changes nothing
+    let again = c.ok(&["apply", "-f", dir.to_str().expect("utf8")]).await;
+    assert!(again.contains("service/svc-clusterip unchanged") && again.contains("pod/webpod1 unchanged"), "{again}");
+
+    let pods = c.ok(&["get", "pod", "-o", "wide"]).await;
+    let header: Vec<&str> = pods.lines().next().expect("header").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED", "NODE", "READINESS", "GATES"]);
+    assert!(pods.lines().any(|l| l.starts_with("webpod1") && l.contains("0/1") && l.contains("Pending") && l.contains("myk8s-worker")), "{pods}");
+
+    let svc = c.ok(&["get", "svc", "svc-clusterip"]).await;
+    let mut lines = svc.lines();
+    assert_eq!(lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>()), Some(vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]));
+    let row: Vec<&str> = lines.next().expect("row").split_whitespace().collect();
+    assert_eq!(&row[..2], ["svc-clusterip", "ClusterIP"]);
+    assert!(row[2].starts_with("10.") && row[2] != "10.96.0.1", "{svc}");
+    assert_eq!(&row[3..5], ["<none>", "9000/TCP"]);
+
+    // defaulting as upstream
+    let s = json(&c.ok(&["get", "svc", "svc-clusterip", "-o", "json"]).await);
+    assert_eq!(s["spec"]["sessionAffinity"], "None");
+    assert_eq!(s["spec"]["ports"][0]["protocol"], "TCP");
+    assert_eq!(s["spec"]["ipFamilyPolicy"], "SingleStack");
+    assert_eq!(s["spec"]["internalTrafficPolicy"], "Cluster");
+    let p = json(&c.ok(&["get", "pod", "webpod1", "-o", "json"]).await);
+    assert_eq!(p["spec"]["restartPolicy"], "Always");
+    assert_eq!(p["spec"]["dnsPolicy"], "ClusterFirst");
+    assert_eq!(p["spec"]["schedulerName"], "default-scheduler");
+    assert_eq!(p["spec"]["terminationGracePeriodSeconds"], 0);
+    assert_eq!(p["spec"]["containers"][0]["terminationMessagePath"], "/dev/termination-log");
+    assert_eq!(p["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    assert_eq!(p["status"]["phase"], "Pending");
+
+    // session affinity patch, with the timeout defaulted
+    c.ok(&["patch", "svc", "svc-clusterip", "-p", r#"{"spec":{"sessionAffinity":"ClientIP"}}"#]).await;
+    let s = json(&c.ok(&["get", "svc", "svc-clusterip", "-o", "json"]).await);
+    assert_eq!(s["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"], 10800);
+
+    let d = c.ok(&["describe", "svc", "svc-clusterip"]).await;
+    assert!(d.contains("Name:") && d.contains("svc-clusterip") && d.contains("Session Affinity:  ClientIP"), "{d}");
+    let d = c.ok(&["describe", "pod", "webpod1"]).await;
+    assert!(d.contains("Node:") && d.contains("myk8s-worker"), "{d}");
+
+    // delete: a pod on a node is deleted at once when its grace period is 0
+    let out = c.ok(&["delete", "-f", dir.to_str().expect("utf8")]).await;
+    assert!(out.contains("service \"svc-clusterip\" deleted"), "{out}");
+    assert!(c.ok(&["get", "pods", "-o", "name"]).await.trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_uses_openapi() {
+    let c = common::start().await;
+    let out = c.ok(&["explain", "pod.spec.containers"]).await;
+    assert!(out.contains("KIND:") && out.contains("Pod") && out.contains("FIELD: containers"), "{out}");
+    assert!(out.contains("image"), "{out}");
+    let out = c.ok(&["explain", "deployments.spec.strategy"]).await;
+    assert!(out.contains("rollingUpdate"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_seed_scenarios_apply_unchanged() {
+    let c = common::start().await;
+    for s in ["seed-000-ingress", "seed-000-multicontainer", "seed-001-hardway", "seed-003-clusterip"] {
+        let dir = common::scenarios().join(s);
+        let out = c.ok(&["apply", "-f", dir.to_str().expect("utf8")]).await;
+        assert!(out.contains("created"), "{s}: {out}");
+    }
+    let all = c.ok(&["get", "svc,endpoints,endpointslices,deploy,rs,ingress,nodes", "-A"]).await;
+    assert!(all.contains("nginxnginx1-service-clusterip") && all.contains("ingress.networking.k8s.io/ingress"), "{all}");
+    let ing = c.ok(&["get", "ingress"]).await;
+    assert_eq!(ing.lines().next().map(|l| l.split_whitespace().collect::<Vec<_>>()), Some(vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]));
+    assert!(ing.contains("nginx") && ing.contains("a.com,b.com"), "{ing}");
+    let d = c.ok(&["describe", "ingress", "ingress"]).await;
+    assert!(d.contains("a.com") && d.contains("nginxnginx1-service-clusterip:80"), "{d}");
+    let d = c.ok(&["describe", "deploy", "nginx"]).await;
+    assert!(d.contains("Replicas:") && d.contains("RollingUpdate"), "{d}");
+    let deploy = json(&c.ok(&["get", "deploy", "nginx", "-o", "json"]).await);
+    assert_eq!(deploy["metadata"]["generation"], 1);
+    assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    // scale goes through the scale subresource and bumps generation
+    c.ok(&["scale", "deploy", "nginx", "--replicas=3"]).await;
+    let deploy = json(&c.ok(&["get", "deploy", "nginx", "-o", "json"]).await);
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(deploy["metadata"]["generation"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_status_errors() {
+    let c = common::start().await;
+    let err = String::from_utf8_lossy(
+        &c.kubectl_stdin(&["create", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_Valid\n".into())).await.stderr,
+    )
+    .into_owned();
+    assert!(err.contains("is invalid") && err.contains("RFC 1123"), "{err}");
+    let err = String::from_utf8_lossy(
+        &c.kubectl_stdin(&["create", "-f", "-", "--validate=strict"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ok\ndata:\n  a: b\nbogus: 1\n".into())).await.stderr,
+    )
+    .into_owned();
+    assert!(err.contains("unknown field") && err.contains("bogus"), "{err}");
+    let err = c.fails(&["get", "pod", "nope"]).await;
+    assert!(err.contains("pods \"nope\" not found"), "{err}");
+    let err = c.fails(&["get", "pods", "--field-selector", "spec.bogus=1"]).await;
+    assert!(err.contains("field label not supported"), "{err}");
+    // a clusterIP already taken is refused
+    c.ok(&["create", "service", "clusterip", "a", "--tcp=80:80", "--clusterip=10.96.0.50"]).await;
+    let err = c.fails(&["create", "service", "clusterip", "b", "--tcp=80:80", "--clusterip=10.96.0.50"]).await;
+    assert!(err.contains("already allocated"), "{err}");
+    // duplicate NodePort is refused
+    c.ok(&["create", "service", "nodeport", "np1", "--tcp=80:80", "--node-port=30080"]).await;
+    let err = c.fails(&["create", "service", "nodeport", "np2", "--tcp=80:80", "--node-port=30080"]).await;
+    assert!(err.contains("already allocated"), "{err}");
+    // a 3 MiB+ body is 413
+    let big = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\ndata:\n  a: \"{}\"\n", "x".repeat(3 * 1024 * 1024 + 10));
+    let err = String::from_utf8_lossy(&c.kubectl_stdin(&["create", "-f", "-"], Some(big)).await.stderr).into_owned();
+    assert!(err.to_lowercase().contains("too large"), "{err}");
+    // optimistic concurrency
+    c.ok(&["create", "configmap", "cc", "--from-literal=a=1"]).await;
+    let stale = json(&c.ok(&["get", "cm", "cc", "-o", "json"]).await);
+    c.ok(&["patch", "cm", "cc", "-p", r#"{"data":{"a":"2"}}"#]).await;
+    let err = String::from_utf8_lossy(&c.kubectl_stdin(&["replace", "-f", "-"], Some(stale.to_string())).await.stderr).into_owned();
+    assert!(err.contains("the object has been modified"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_edit_dry_run_and_server_side_apply() {
+    let c = common::start().await;
+    c.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]).await;
+    // strategic merge keeps the other containers (merge key: name)
+    c.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox"}]}}}}"#]).await;
+    let names = c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[*].name}"]).await;
+    assert_eq!(names, "nginx sidecar");
+    // JSON patch and merge patch
+    c.ok(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#]).await;
+    c.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"metadata":{"labels":{"tier":"front"}}}"#]).await;
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.metadata.labels.tier}"]).await, "4 front");
+    // a JSON patch that does not apply is 422, and nothing is written
+    let rv = c.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.resourceVersion}"]).await;
+    let err = c.fails(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/nope"}]"#]).await;
+    assert!(err.contains("patch"), "{err}");
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.resourceVersion}"]).await, rv);
+    // kubectl edit with a scripted editor
+    let out = std::process::Command::new("kubectl")
+        .args(["edit", "deploy", "web"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("KUBE_EDITOR", "sed -i s/replicas:\\ 4/replicas:\\ 5/")
+        .output()
+        .expect("kubectl edit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]).await, "5");
+    // dry run writes nothing
+    c.ok(&["create", "configmap", "dry", "--from-literal=a=b", "--dry-run=server"]).await;
+    assert!(c.fails(&["get", "cm", "dry"]).await.contains("not found"));
+    // server-side apply: create, then a conflicting manager gets 409, force takes over
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  a: one\n";
+    let out = c.kubectl_stdin(&["apply", "--server-side", "--field-manager=alice", "-f", "-"], Some(cm.into())).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bob = cm.replace("one", "two");
+    let out = c.kubectl_stdin(&["apply", "--server-side", "--field-manager=bob", "-f", "-"], Some(bob.clone())).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("conflict"), "{err}");
+    let out = c.kubectl_stdin(&["apply", "--server-side", "--field-manager=bob", "--force-conflicts", "-f", "-"], Some(bob)).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mf = json(&c.ok(&["get", "cm", "ssa", "-o", "json", "--show-managed-fields"]).await);
+    assert_eq!(mf["data"]["a"], "two");
+    assert!(mf["metadata"]["managedFields"].as_array().expect("managedFields").iter().any(|m| m["manager"] == "bob"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes() {
+    let c = common::start().await;
+    let kc = c.kubeconfig.clone();
+    let mut child = tokio::process::Command::new("kubectl")
+        .args(["get", "configmaps", "-w", "--output-watch-events"])
+        .env("KUBECONFIG", &kc)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl -w");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    // wait until the watch is established: the first line is the header or the initial list
+    c.ok(&["create", "configmap", "w1", "--from-literal=a=b"]).await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !seen.contains("w1") {
+        match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(l))) => {
+                seen.push_str(&l);
+                seen.push('\n');
+            }
+            other => panic!("watch ended before showing w1: {other:?}\n{seen}"),
+        }
+    }
+    c.ok(&["delete", "configmap", "w1"]).await;
+    while !seen.contains("DELETED") {
+        match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(l))) => {
+                seen.push_str(&l);
+                seen.push('\n');
+            }
+            other => panic!("watch ended before DELETED: {other:?}\n{seen}"),
+        }
+    }
+    assert!(seen.contains("ADDED") && seen.contains("w1"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_deletion_empties_and_refuses_new_content() {
+    let c = common::start().await;
+    c.ok(&["create", "ns", "gone"]).await;
+    c.ok(&["-n", "gone", "create", "configmap", "x", "--from-literal=a=b"]).await;
+    let out = c.ok(&["delete", "ns", "gone", "--wait=true", "--timeout=20s"]).await;
+    assert!(out.contains("namespace \"gone\" deleted"), "{out}");
+    assert!(c.fails(&["get", "ns", "gone"]).await.contains("not found"));
+    let err = c.fails(&["-n", "nope", "create", "configmap", "x", "--from-literal=a=b"]).await;
+    assert!(err.contains("namespaces \"nope\" not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_paging_and_selectors() {
+    let c = common::start().await;
+    for i in 0..7 {
+        c.ok(&["create", "configmap", &format!("p{i}"), &format!("--from-literal=i={i}")]).await;
+        c.ok(&["label", "configmap", &format!("p{i}"), &format!("parity={}", if i % 2 == 0 { "even" } else { "odd" })]).await;
+    }
+    // kubectl pages with --chunk-size; the result is the same as one big list
+    let paged = c.ok(&["get", "cm", "-l", "parity", "--chunk-size=2", "-o", "name"]).await;
+    assert_eq!(paged.lines().count(), 7, "{paged}");
+    let even = c.ok(&["get", "cm", "-l", "parity=even", "-o", "name"]).await;
+    assert_eq!(even.lines().count(), 4, "{even}");
+    let notin = c.ok(&["get", "cm", "-l", "parity notin (even)", "-o", "name"]).await;
+    assert_eq!(notin.lines().count(), 3, "{notin}");
+    let by_name = c.ok(&["get", "cm", "--field-selector", "metadata.name=p3", "-o", "name"]).await;
+    assert_eq!(by_name.trim(), "configmap/p3");
+    let out = c.ok(&["delete", "cm", "-l", "parity=odd"]).await;
+    assert_eq!(out.lines().count(), 3, "{out}");
+}

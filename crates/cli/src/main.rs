@@ -1,0 +1,37 @@
+//! `dari`: the thin binary. Parses flags (each component owns its clap `Args`), sets up
+//! tracing, and runs one component.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "dari", version, about = "dari (다리, bridge): a lightweight Kubernetes you can see through")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the API server (datastore, PKI, controllers as they land).
+    Server(dari_apiserver::ServerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DARI_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Server(args) => {
+                let server = dari_apiserver::start(args).await?;
+                eprintln!("dari server listening on https://{}", server.addr);
+                eprintln!("export KUBECONFIG={}", server.admin_kubeconfig.display());
+                server.wait().await;
+                Ok(())
+            }
+        }
+    })
+}

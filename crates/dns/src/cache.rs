@@ -1,0 +1,218 @@
+//! The forwarding cache: bounded, TTL-respecting, positive and negative.
+//!
+//! Keys are (lower-case name, type, class, DO bit). A positive answer is kept for the smallest TTL of its
+//! answer records, a negative one (NXDOMAIN, or NOERROR with no answer) for the SOA's negative TTL
+//! (min of its TTL and MINIMUM, RFC 2308); both are capped at the configured maximum. SERVFAIL and
+//! truncated answers are not kept. Served copies have their TTLs decreased by the time spent in the cache.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+
+/// A cache key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    name: Name,
+    rtype: RecordType,
+    class: DNSClass,
+    dnssec_ok: bool,
+}
+
+impl CacheKey {
+    /// The key of a question.
+    pub fn new(q: &Query, dnssec_ok: bool) -> Self {
+        CacheKey {
+            name: q.name.to_lowercase(),
+            rtype: q.query_type,
+            class: q.query_class,
+            dnssec_ok,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    msg: Message,
+    stored: Instant,
+    ttl: Duration,
+}
+
+/// The cache. `max_ttl` of zero or `capacity` of zero turn it off.
+#[derive(Debug)]
+pub struct Cache {
+    map: Mutex<HashMap<CacheKey, Entry>>,
+    capacity: usize,
+    max_ttl: u32,
+}
+
+/// How long `msg` may be cached, in seconds (0: not at all).
+pub fn cache_ttl(msg: &Message, max_ttl: u32) -> u32 {
+    if msg.metadata.truncation {
+        return 0;
+    }
+    let ttl = match msg.metadata.response_code {
+        ResponseCode::NoError if !msg.answers.is_empty() => msg.answers.iter().map(|r| r.ttl).min().unwrap_or(0),
+        ResponseCode::NoError | ResponseCode::NXDomain => msg
+            .authorities
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(0),
+        _ => 0,
+    };
+    ttl.min(max_ttl)
+}
+
+impl Cache {
+    /// A cache holding at most `capacity` entries for at most `max_ttl` seconds each.
+    pub fn new(capacity: usize, max_ttl: u32) -> Self {
+        Cache {
+            map: Mutex::new(HashMap::new()),
+            capacity,
+            max_ttl,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Entry>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached upstream response for `key` at `now`, TTLs decreased by its age.
+    pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Message> {
+        let mut map = self.lock();
+        let entry = map.get(key)?;
+        let age = now.saturating_duration_since(entry.stored);
+        if age >= entry.ttl {
+            map.remove(key);
+            return None;
+        }
+        let age_secs = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        let mut msg = entry.msg.clone();
+        for r in msg.answers.iter_mut().chain(msg.authorities.iter_mut()).chain(msg.additionals.iter_mut()) {
+            r.ttl = r.ttl.saturating_sub(age_secs);
+        }
+        Some(msg)
+    }
+
+    /// Stores an upstream response (when cacheable). Returns whether it was stored.
+    pub fn put(&self, key: CacheKey, msg: &Message, now: Instant) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        let ttl = cache_ttl(msg, self.max_ttl);
+        if ttl == 0 {
+            return false;
+        }
+        let mut map = self.lock();
+        if map.len() >= self.capacity && !map.contains_key(&key) {
+            map.retain(|_, e| now.saturating_duration_since(e.stored) < e.ttl);
+            if map.len() >= self.capacity {
+                // still full of live entries: drop an eighth (arbitrary ones) so this sweep stays rare
+                let drop_n = (self.capacity / 8).max(1);
+                let victims: Vec<CacheKey> = map.keys().take(drop_n).cloned().collect();
+                for k in victims {
+                    map.remove(&k);
+                }
+            }
+        }
+        let mut stored = msg.clone();
+        stored.edns = None;
+        stored.signature = None;
+        map.insert(
+            key,
+            Entry {
+                msg: stored,
+                stored: now,
+                ttl: Duration::from_secs(u64::from(ttl)),
+            },
+        );
+        true
+    }
+
+    /// Caps every TTL in `msg` at the cache's maximum (what clients see matches what is cached).
+    pub fn cap_ttls(&self, msg: &mut Message) {
+        if self.max_ttl == 0 || self.capacity == 0 {
+            return;
+        }
+        for r in msg.answers.iter_mut().chain(msg.authorities.iter_mut()).chain(msg.additionals.iter_mut()) {
+            r.ttl = r.ttl.min(self.max_ttl);
+        }
+    }
+
+    /// Number of entries (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{MessageType, OpCode};
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::Record;
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn positive(ttl: u32) -> Message {
+        let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+        m.answers.push(Record::from_rdata(name("a.example."), ttl, RData::A(A::new(192, 0, 2, 1))));
+        m
+    }
+
+    fn negative(soa_ttl: u32, minimum: u32) -> Message {
+        let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+        m.metadata.response_code = ResponseCode::NXDomain;
+        let soa = SOA::new(name("ns.example."), name("h.example."), 1, 1, 1, 1, minimum);
+        m.authorities.push(Record::from_rdata(name("example."), soa_ttl, RData::SOA(soa)));
+        m
+    }
+
+    fn key(s: &str) -> CacheKey {
+        CacheKey::new(&Query::query(name(s), RecordType::A), false)
+    }
+
+    #[test]
+    fn ttls() {
+        assert_eq!(cache_ttl(&positive(300), 30), 30);
+        assert_eq!(cache_ttl(&positive(7), 30), 7);
+        assert_eq!(cache_ttl(&negative(60, 10), 30), 10);
+        let mut fail = positive(300);
+        fail.metadata.response_code = ResponseCode::ServFail;
+        assert_eq!(cache_ttl(&fail, 30), 0);
+    }
+
+    #[test]
+    fn expiry_and_ttl_decrement() {
+        let c = Cache::new(10, 30);
+        let t0 = Instant::now();
+        assert!(c.put(key("a.example."), &positive(10), t0));
+        let got = c.get(&key("A.Example."), t0 + Duration::from_secs(4)).unwrap();
+        assert_eq!(got.answers[0].ttl, 6);
+        assert!(c.get(&key("a.example."), t0 + Duration::from_secs(10)).is_none());
+    }
+
+    #[test]
+    fn bounded() {
+        let c = Cache::new(16, 30);
+        let t0 = Instant::now();
+        for i in 0..100 {
+            c.put(key(&format!("n{i}.example.")), &positive(30), t0);
+            assert!(c.len() <= 16);
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The controller edge: watch Services, EndpointSlices and this Node, debounce, render, apply.
+//!
+//! `dari proxy --kubeconfig K --node-name N` calls [`run`]; `dari agent` can build a
+//! [`ProxyServer`] from an existing [`kube::Client`] and its own [`NftApply`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use tokio::sync::{Mutex, Notify};
+
+use crate::apply::{NftApply, NftCli};
+use crate::config::{NodeFacts, ProxyConfig};
+use crate::error::ProxyError;
+use crate::render::render;
+use crate::sync::{ConntrackCli, ConntrackFlush, SyncKind, Syncer};
+
+/// Command-line flags of `dari proxy` (flatten into the CLI with `#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// Kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Name of this node (its Node object, and `nodeName` of local endpoints).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Pod CIDRs; Service traffic from outside them is masqueraded (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<IpNet>,
+    /// Service CIDRs; traffic to unallocated IPs in them is dropped (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub service_cidr: Vec<IpNet>,
+    /// Masquerade all Service traffic.
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// Serve NodePorts only on node addresses in these CIDRs (default: all node addresses).
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<IpNet>,
+    /// Also serve NodePorts on 127.0.0.1 (needs route_localnet).
+    #[arg(long)]
+    pub nodeport_localhost: bool,
+    /// Name of the nft tables.
+    #[arg(long, default_value = "dari")]
+    pub table: String,
+    /// Minimum time between syncs: changes within it are coalesced into one transaction.
+    #[arg(long, default_value_t = 200)]
+    pub min_sync_period_ms: u64,
+    /// Full resync period (repairs drift).
+    #[arg(long, default_value_t = 3600)]
+    pub full_sync_period_secs: u64,
+    /// Apply the rules inside this network namespace (e.g. /var/run/netns/node1).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct ProxyRunConfig {
+    /// Kubeconfig path (None: inferred).
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name.
+    pub node_name: String,
+    /// Renderer settings.
+    pub proxy: ProxyConfig,
+    /// Debounce interval.
+    pub min_sync_period: Duration,
+    /// Full resync interval.
+    pub full_sync_period: Duration,
+    /// Network namespace to apply in.
+    pub netns: Option<PathBuf>,
+}
+
+impl From<ProxyArgs> for ProxyRunConfig {
+    fn from(a: ProxyArgs) -> Self {
+        ProxyRunConfig {
+            kubeconfig: a.kubeconfig,
+            node_name: a.node_name,
+            proxy: ProxyConfig {
+                table: a.table,
+                cluster_cidrs: a.cluster_cidr,
+                service_cidrs: a.service_cidr,
+                masquerade_all: a.masquerade_all,
+                nodeport_addresses: a.nodeport_addresses,
+                nodeport_localhost: a.nodeport_localhost,
+                ..ProxyConfig::default()
+            },
+            min_sync_period: Duration::from_millis(a.min_sync_period_ms),
+            full_sync_period: Duration::from_secs(a.full_sync_period_secs.max(1)),
+            netns: a.netns,
+        }
+    }
+}
+
+/// Runs the proxy until a watch fails for good or the task is cancelled.
+pub async fn run(cfg: ProxyRunConfig) -> Result<(), ProxyError> {
+    let client = client_from(cfg.kubeconfig.as_deref()).await?;
+    let applier: Arc<dyn NftApply> = Arc::new(NftCli { netns: cfg.netns.clone() });
+    let conntrack: Arc<dyn ConntrackFlush> = Arc::new(ConntrackCli { netns: cfg.netns.clone() });
+    ProxyServer {
+        client,
+        node_name: cfg.node_name,
+        config: cfg.proxy,
+        applier,
+        conntrack,
+        min_sync_period: cfg.min_sync_period,
+        full_sync_period: cfg.full_sync_period,
+    }
+    .run()
+    .await
+}
+
+async fn client_from(kubeconfig: Option<&std::path::Path>) -> Result<Client, ProxyError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| ProxyError::Client {
+        kubeconfig: kubeconfig.map(PathBuf::from),
+        source,
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(Box::new(e)))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(Box::new(e)))?
+        }
+        None => kube::Config::infer().await.map_err(|e| err(Box::new(e)))?,
+    };
+    Client::try_from(config).map_err(|e| err(Box::new(e)))
+}
+
+/// The watch → debounce → render → apply loop.
+pub struct ProxyServer {
+    /// API client.
+    pub client: Client,
+    /// This node's name.
+    pub node_name: String,
+    /// Renderer settings.
+    pub config: ProxyConfig,
+    /// Where transactions go.
+    pub applier: Arc<dyn NftApply>,
+    /// Stale UDP conntrack cleanup.
+    pub conntrack: Arc<dyn ConntrackFlush>,
+    /// Debounce interval.
+    pub min_sync_period: Duration,
+    /// Full resync interval.
+    pub full_sync_period: Duration,
+}
+
+fn watch<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    resource: &'static str,
+    notify: Arc<Notify>,
+) -> (Store<K>, impl std::future::Future<Output = ProxyError>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let fut = async move {
+        let mut stream = watcher(api, wc).default_backoff().reflect(writer).boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                // The backoff retries; keep going, but say so.
+                Err(e) => tracing::warn!(resource, error = %e, "watch error, retrying"),
+            }
+        }
+        ProxyError::Watch { resource, source: "watch stream ended".into() }
+    };
+    (store, fut)
+}
+
+impl ProxyServer {
+    /// Runs until a watch stream ends (returned as an error) or the future is dropped.
+    pub async fn run(self) -> Result<(), ProxyError> {
+        let notify = Arc::new(Notify::new());
+        let (svc_store, svc_watch) =
+            watch(Api::<Service>::all(self.client.clone()), watcher::Config::default(), "services", notify.clone());
+        let (eps_store, eps_watch) = watch(
+            Api::<EndpointSlice>::all(self.client.clone()),
+            watcher::Config::default(),
+            "endpointslices",
+            notify.clone(),
+        );
+        let (node_store, node_watch) = watch(
+            Api::<Node>::all(self.client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={}", self.node_name)),
+            "nodes",
+            notify.clone(),
+        );
+        let syncer = Arc::new(Mutex::new(Syncer::new(self.applier.clone())));
+        let sync_loop = async {
+            // Render nothing before the first list of every resource is in.
+            let _ = tokio::join!(svc_store.wait_until_ready(), eps_store.wait_until_ready(), node_store.wait_until_ready());
+            let mut resync = tokio::time::interval(self.full_sync_period);
+            loop {
+                let full = tokio::select! {
+                    _ = notify.notified() => false,
+                    _ = resync.tick() => true,
+                };
+                tokio::time::sleep(self.min_sync_period).await;
+                let node = node_store
+                    .state()
+                    .first()
+                    .map(|n| NodeFacts::from_node(n))
+                    .unwrap_or_else(|| NodeFacts { name: self.node_name.clone(), addresses: Vec::new() });
+                let services = svc_store.state();
+                let slices = eps_store.state();
+                let span = tracing::info_span!("proxy_reconcile", services = services.len(), slices = slices.len(), full);
+                let desired = span.in_scope(|| render(&services, &slices, &node, &self.config));
+                let syncer = syncer.clone();
+                let table = self.config.table.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let mut s = syncer.blocking_lock();
+                    s.sync(desired, full)
+                })
+                .await
+                .map_err(|source| ProxyError::SyncTask { table, source });
+                match result {
+                    Ok(Ok(outcome)) => {
+                        if outcome.kind != SyncKind::Unchanged {
+                            tracing::info!(kind = ?outcome.kind, lines = outcome.lines, "synced");
+                        }
+                        if !outcome.stale_udp_endpoints.is_empty() {
+                            let ct = self.conntrack.clone();
+                            // Off the sync path: conntrack deletion never delays the next sync.
+                            tokio::task::spawn_blocking(move || {
+                                for (ip, port) in outcome.stale_udp_endpoints {
+                                    if let Err(e) = ct.flush_udp_endpoint(ip, port) {
+                                        tracing::warn!(%ip, port, error = %e, "conntrack cleanup");
+                                    }
+                                }
+                            });
+                        }
+                    }
+                    // The syncer falls back to a full sync next time; retry soon.
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(error = %e, "sync failed");
+                        notify.notify_one();
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            e = svc_watch => Err(e),
+            e = eps_watch => Err(e),
+            e = node_watch => Err(e),
+            never = sync_loop => never,
+        }
+    }
+}

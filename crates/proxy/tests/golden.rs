@@ -1,0 +1,220 @@
+//! Golden-file tests of the renderer: each case prints the ruleset as `nft` text and compares it
+//! with tests/golden/NAME.nft. `UPDATE_GOLDEN=1 cargo test -p dari-proxy --test golden` rewrites
+//! them (review the diff!). The `nft_accepts_golden_files` test in tests/netns.rs checks every
+//! golden file with `nft -c -f` (root).
+
+mod common;
+
+use common::*;
+use dari_proxy::{render, NodeFacts, ProxyConfig, Ruleset};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+fn golden(name: &str, text: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {} ({e}); run with UPDATE_GOLDEN=1 to create it", path.display()));
+    if want != text {
+        panic!("{name}: rendered ruleset differs from {}\n--- rendered:\n{text}", path.display());
+    }
+}
+
+fn node() -> NodeFacts {
+    NodeFacts { name: "myk8s-control-plane".into(), addresses: vec!["172.18.0.2".parse().unwrap(), "fc00::2".parse().unwrap()] }
+}
+
+fn cfg() -> ProxyConfig {
+    ProxyConfig {
+        cluster_cidrs: vec!["10.10.0.0/16".parse().unwrap(), "fd10::/64".parse().unwrap()],
+        service_cidrs: vec!["10.200.1.0/24".parse().unwrap()],
+        ..ProxyConfig::default()
+    }
+}
+
+fn r(services: &[Service], slices: &[EndpointSlice]) -> Ruleset {
+    render(services, slices, &node(), &cfg())
+}
+
+/// The IPv4 table only (the IPv6 one is the bare skeleton in IPv4-only cases; see ipv6.nft, empty.nft).
+fn v4(rs: &Ruleset) -> String {
+    rs.table(dari_proxy::Family::Ip).map(|t| t.to_nft()).unwrap_or_default()
+}
+
+/// The seed 003 Service: port 9000 -> 80 on three webpods, one per worker.
+pub fn seed003() -> (Service, EndpointSlice) {
+    (
+        service("default", "svc-clusterip", "10.200.1.10", &[tcp("svc-webport", 9000, 80)]),
+        slice(
+            "default",
+            "svc-clusterip",
+            "abcde",
+            &[("svc-webport", "TCP", 80)],
+            &[
+                ("10.10.1.2", "myk8s-worker", Cond::Ready),
+                ("10.10.2.2", "myk8s-worker2", Cond::Ready),
+                ("10.10.3.2", "myk8s-worker3", Cond::Ready),
+            ],
+        ),
+    )
+}
+
+#[test]
+fn empty() {
+    golden("empty.nft", &r(&[], &[]).to_nft());
+}
+
+#[test]
+fn clusterip_seed003() {
+    let (s, e) = seed003();
+    golden("clusterip.nft", &v4(&r(&[s], &[e])));
+}
+
+#[test]
+fn multiport_protocols_named_target_ports() {
+    // dns: UDP+TCP 53 -> named port "dns"/"dns-tcp" resolved from the slice (5353);
+    // sctp: 3868; two slices for one Service (the endpoint set is their union).
+    let s = service(
+        "kube-system",
+        "dns",
+        "10.200.1.53",
+        &[
+            ("dns", "UDP", 53, IntOrString::String("dns".into())),
+            ("dns-tcp", "TCP", 53, IntOrString::String("dns-tcp".into())),
+            ("diameter", "SCTP", 3868, IntOrString::Int(3868)),
+        ],
+    );
+    let ports = [("dns", "UDP", 5353), ("dns-tcp", "TCP", 5353), ("diameter", "SCTP", 3868)];
+    let a = slice("kube-system", "dns", "a", &ports, &[("10.10.1.5", "myk8s-worker", Cond::Ready)]);
+    let b = slice("kube-system", "dns", "b", &ports, &[("10.10.2.5", "myk8s-worker2", Cond::Ready)]);
+    golden("multiport.nft", &v4(&r(&[s], &[a, b])));
+}
+
+#[test]
+fn nodeport_external_ips_loadbalancer() {
+    let s = service("default", "web", "10.200.1.20", &[tcp("http", 80, 8080), tcp("https", 443, 8443)]);
+    let s = with_lb_ingress(with_external_ips(with_type(s, "LoadBalancer", &[30080, 30443]), &["192.0.2.10"]), &["198.51.100.7"]);
+    let e = slice(
+        "default",
+        "web",
+        "x",
+        &[("http", "TCP", 8080), ("https", "TCP", 8443)],
+        &[("10.10.1.7", "myk8s-worker", Cond::Ready), ("10.10.2.7", "myk8s-worker2", Cond::Ready)],
+    );
+    golden("nodeport.nft", &v4(&r(&[s], &[e])));
+}
+
+#[test]
+fn no_endpoints_reject_and_not_ready() {
+    // "empty": no slice at all; "notready": only a not-ready endpoint. Both reject; NodePort too.
+    let a = service("default", "empty", "10.200.1.30", &[tcp("", 80, 80)]);
+    let b = with_type(service("default", "notready", "10.200.1.31", &[tcp("http", 80, 80)]), "NodePort", &[30031]);
+    let e = slice("default", "notready", "x", &[("http", "TCP", 80)], &[("10.10.1.9", "myk8s-worker", Cond::NotReady)]);
+    golden("no-endpoints.nft", &v4(&r(&[a, b], &[e])));
+}
+
+#[test]
+fn terminating_used_only_without_ready() {
+    // "rolling": one ready + one terminating -> only the ready one.
+    // "draining": only terminating(+serving) -> those are used.
+    let a = service("default", "rolling", "10.200.1.40", &[tcp("http", 80, 80)]);
+    let ea = slice(
+        "default",
+        "rolling",
+        "x",
+        &[("http", "TCP", 80)],
+        &[("10.10.1.40", "myk8s-worker", Cond::Ready), ("10.10.2.40", "myk8s-worker2", Cond::Terminating)],
+    );
+    let b = service("default", "draining", "10.200.1.41", &[tcp("http", 80, 80)]);
+    let eb = slice(
+        "default",
+        "draining",
+        "x",
+        &[("http", "TCP", 80)],
+        &[("10.10.1.41", "myk8s-worker", Cond::Terminating), ("10.10.2.41", "myk8s-worker2", Cond::NotReady)],
+    );
+    golden("terminating.nft", &v4(&r(&[a, b], &[ea, eb])));
+}
+
+#[test]
+fn session_affinity_client_ip() {
+    let (s, e) = seed003();
+    golden("affinity.nft", &v4(&r(&[with_affinity(s, Some(10800))], &[e])));
+}
+
+#[test]
+fn traffic_policy_local() {
+    // Local endpoint 10.10.0.5 is on this node (myk8s-control-plane), 10.10.1.5 is not.
+    let s = with_type(service("default", "local", "10.200.1.50", &[tcp("http", 80, 80)]), "NodePort", &[30050]);
+    let s = with_policies(s, "Local", "Local");
+    let e = slice(
+        "default",
+        "local",
+        "x",
+        &[("http", "TCP", 80)],
+        &[("10.10.0.5", "myk8s-control-plane", Cond::Ready), ("10.10.1.5", "myk8s-worker", Cond::Ready)],
+    );
+    // Same, but no endpoint on this node: NodePort traffic is dropped, ClusterIP too.
+    let s2 = with_type(service("default", "remote-only", "10.200.1.51", &[tcp("http", 80, 80)]), "NodePort", &[30051]);
+    let s2 = with_policies(s2, "Local", "Local");
+    let e2 = slice("default", "remote-only", "x", &[("http", "TCP", 80)], &[("10.10.1.6", "myk8s-worker", Cond::Ready)]);
+    golden("traffic-policy-local.nft", &v4(&r(&[s, s2], &[e, e2])));
+}
+
+#[test]
+fn ipv6_service() {
+    let s = service("default", "v6", "fd00:200::10", &[tcp("http", 80, 8080)]);
+    let s = with_affinity(with_type(s, "NodePort", &[30060]), Some(60));
+    let e = slice(
+        "default",
+        "v6",
+        "x",
+        &[("http", "TCP", 8080)],
+        &[("fd10::1:2", "myk8s-worker", Cond::Ready), ("fd10::2:2", "myk8s-worker2", Cond::Ready)],
+    );
+    golden("ipv6.nft", &r(&[s], &[e]).to_nft());
+}
+
+#[test]
+fn masquerade_all_and_hairpin() {
+    let (s, e) = seed003();
+    let cfg = ProxyConfig { masquerade_all: true, nodeport_localhost: true, ..cfg() };
+    golden("masquerade-all.nft", &v4(&render(&[s], &[e], &node(), &cfg)));
+}
+
+#[test]
+fn diff_add_endpoint_and_service() {
+    let (s, e) = seed003();
+    let before = r(&[s.clone()], &[e.clone()]);
+    let mut e2 = e.clone();
+    e2.endpoints.pop();
+    let other = service("default", "other", "10.200.1.60", &[tcp("http", 80, 80)]);
+    let after = r(&[s, other], &[e2]);
+    golden("diff-remove-endpoint-add-service.nft", &after.diff_script(&before));
+    assert_eq!(after.diff_script(&after), "", "no change, no transaction");
+}
+
+#[test]
+fn full_sync_script_shape() {
+    let (s, e) = seed003();
+    let rs = r(&[with_affinity(s, None)], &[e]);
+    let mut existing = std::collections::BTreeMap::new();
+    existing.insert(
+        dari_proxy::Family::Ip,
+        dari_proxy::nft::ExistingObjects::parse_listing(
+            "table ip dari {\n\tset aff-default/gone/tcp/p80__10.10.9.9/80 {\n\tchain ep-default/gone/tcp/p80__10.10.9.9/80 {\n",
+        ),
+    );
+    golden("full-sync-script.nft", &rs.full_sync_script(&existing));
+}
+
+#[test]
+fn show_service() {
+    let (s, e) = seed003();
+    let rs = r(&[with_affinity(s, Some(10800))], &[e]);
+    golden("show-svc-clusterip.txt", &dari_proxy::show(&rs, "default", Some("svc-clusterip")));
+}

@@ -1,0 +1,204 @@
+//! Property tests of the renderer: every usable endpoint is reachable, nothing is left
+//! unreferenced, and removing everything leaves an empty table.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use dari_proxy::render::{endpoint_chain_name, resolve_endpoints, usable_endpoints};
+use dari_proxy::{render, Family, NodeFacts, ProxyConfig, Ruleset};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use proptest::prelude::*;
+
+const NODES: [&str; 3] = ["n0", "n1", "n2"];
+const PROTOS: [&str; 3] = ["TCP", "UDP", "SCTP"];
+
+#[derive(Debug, Clone)]
+struct SvcSpec {
+    ports: Vec<(usize, i32)>,              // (proto index, port)
+    endpoints: Vec<(u8, usize, u8)>,       // (host byte, node index, cond 0..3)
+    affinity: bool,
+    type_: u8,                             // 0 ClusterIP, 1 NodePort, 2 LoadBalancer
+    itp_local: bool,
+    etp_local: bool,
+}
+
+fn svc_spec() -> impl Strategy<Value = SvcSpec> {
+    (
+        prop::collection::btree_map(0usize..3, 1i32..200, 1..3).prop_map(|m| m.into_iter().collect()),
+        prop::collection::vec((1u8..50, 0usize..3, 0u8..3), 0..5),
+        any::<bool>(),
+        0u8..3,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(ports, endpoints, affinity, type_, itp_local, etp_local)| SvcSpec {
+            ports,
+            endpoints,
+            affinity,
+            type_,
+            itp_local,
+            etp_local,
+        })
+}
+
+fn build(specs: &[SvcSpec]) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for (i, sp) in specs.iter().enumerate() {
+        let name = format!("s{i}");
+        let ports: Vec<(String, &str, i32, IntOrString)> = sp
+            .ports
+            .iter()
+            .map(|(p, port)| (format!("p{p}"), PROTOS[*p], *port, IntOrString::Int(8000 + *port)))
+            .collect();
+        let port_refs: Vec<(&str, &str, i32, IntOrString)> =
+            ports.iter().map(|(n, p, port, t)| (n.as_str(), *p, *port, t.clone())).collect();
+        let mut s = service("ns", &name, &format!("10.200.{i}.1"), &port_refs);
+        if sp.type_ > 0 {
+            let nps: Vec<i32> = (0..ports.len() as i32).map(|k| 30000 + 10 * i as i32 + k).collect();
+            s = with_type(s, if sp.type_ == 1 { "NodePort" } else { "LoadBalancer" }, &nps);
+        }
+        if sp.type_ == 2 {
+            s = with_lb_ingress(s, &[&format!("192.0.2.{}", i + 1)]);
+        }
+        if sp.affinity {
+            s = with_affinity(s, Some(30));
+        }
+        s = with_policies(s, if sp.itp_local { "Local" } else { "Cluster" }, if sp.etp_local { "Local" } else { "Cluster" });
+        services.push(s);
+        let eps: Vec<(String, &str, Cond)> = sp
+            .endpoints
+            .iter()
+            .map(|(h, n, c)| {
+                let cond = [Cond::Ready, Cond::NotReady, Cond::Terminating][*c as usize];
+                (format!("10.10.{i}.{h}"), NODES[*n], cond)
+            })
+            .collect();
+        let ep_refs: Vec<(&str, &str, Cond)> = eps.iter().map(|(a, n, c)| (a.as_str(), *n, *c)).collect();
+        let slice_ports: Vec<(String, &str, i32)> =
+            sp.ports.iter().map(|(p, port)| (format!("p{p}"), PROTOS[*p], 8000 + *port)).collect();
+        let sp_refs: Vec<(&str, &str, i32)> = slice_ports.iter().map(|(n, p, port)| (n.as_str(), *p, *port)).collect();
+        slices.push(slice("ns", &name, "x", &sp_refs, &ep_refs));
+    }
+    (services, slices)
+}
+
+fn node() -> NodeFacts {
+    NodeFacts { name: "n0".into(), addresses: vec!["172.18.0.2".parse().unwrap()] }
+}
+
+fn cfg() -> ProxyConfig {
+    ProxyConfig { cluster_cidrs: vec!["10.10.0.0/16".parse().unwrap()], ..ProxyConfig::default() }
+}
+
+/// Chain names referenced by a piece of rule or element text (`goto X`, `jump X`).
+fn chain_refs(text: &str) -> Vec<String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "goto" || w[0] == "jump")
+        .map(|w| w[1].trim_end_matches([',', '}']).to_string())
+        .collect()
+}
+
+fn set_refs(text: &str) -> Vec<String> {
+    text.split_whitespace().filter_map(|w| w.strip_prefix('@')).map(|s| s.to_string()).collect()
+}
+
+/// Chains reachable from the base chains, following rules and map elements.
+fn reachable(rs: &Ruleset, family: Family) -> BTreeSet<String> {
+    let t = rs.table(family).unwrap();
+    let chains: BTreeMap<&str, _> = t.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut todo: Vec<String> = t.chains.iter().filter(|c| c.hook.is_some()).map(|c| c.name.clone()).collect();
+    let mut seen = BTreeSet::new();
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let c = chains.get(name.as_str()).unwrap_or_else(|| panic!("reference to missing chain {name}"));
+        for rule in &c.rules {
+            todo.extend(chain_refs(rule));
+            for s in set_refs(rule) {
+                let set = t.sets.get(&s).unwrap_or_else(|| panic!("reference to missing set {s}"));
+                for v in set.elements.values().flatten() {
+                    todo.extend(chain_refs(v));
+                }
+            }
+        }
+    }
+    seen
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_usable_endpoint_reachable_and_nothing_unreferenced(specs in prop::collection::vec(svc_spec(), 0..6)) {
+        let (services, slices) = build(&specs);
+        let rs = render(&services, &slices, &node(), &cfg());
+        let t = rs.table(Family::Ip).unwrap();
+        let reach = reachable(&rs, Family::Ip);
+        // No chain left unreferenced.
+        for c in &t.chains {
+            prop_assert!(reach.contains(&c.name), "unreferenced chain {}", c.name);
+        }
+        // No set left unreferenced.
+        let all_rules: String = t.chains.iter().flat_map(|c| c.rules.iter()).cloned().collect::<Vec<_>>().join("\n");
+        let used: BTreeSet<String> = set_refs(&all_rules).into_iter().collect();
+        for s in t.sets.keys() {
+            prop_assert!(used.contains(s), "unreferenced set {}", s);
+        }
+        // Every usable endpoint of a Cluster-policy service port has a reachable endpoint chain
+        // with a DNAT to it.
+        for (i, (svc, sl)) in services.iter().zip(&slices).enumerate() {
+            for port in svc.spec.as_ref().unwrap().ports.iter().flatten() {
+                let usable = usable_endpoints(&resolve_endpoints(port, &[&sl], Family::Ip, "n0"));
+                let any_local = usable.iter().any(|e| e.local);
+                let ext_exists = specs[i].type_ > 0 && if specs[i].etp_local { any_local } else { !usable.is_empty() };
+                let all_reachable = !specs[i].itp_local || ext_exists;
+                let id = format!("ns/s{i}/{}/{}", port.protocol.as_deref().unwrap().to_lowercase(), port.name.as_deref().unwrap());
+                for ep in usable.iter().filter(|e| all_reachable || e.local) {
+                    let name = endpoint_chain_name(&id, ep);
+                    prop_assert!(reach.contains(&name), "endpoint {} not reachable", name);
+                    let chain = t.chain(&name).unwrap();
+                    let dnat = format!("dnat to {}:{}", ep.ip, ep.port);
+                    prop_assert!(chain.rules.iter().any(|r| r.contains(&dnat)), "no dnat in {}", name);
+                }
+                // And no endpoint chain for endpoints that are not usable.
+                for ep in resolve_endpoints(port, &[&sl], Family::Ip, "n0") {
+                    if !usable.contains(&ep) {
+                        prop_assert!(t.chain(&endpoint_chain_name(&id, &ep)).is_none());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deleting_everything_yields_an_empty_table(specs in prop::collection::vec(svc_spec(), 0..6)) {
+        let (services, slices) = build(&specs);
+        let full = render(&services, &slices, &node(), &cfg());
+        let empty = render::<Service, EndpointSlice>(&[], &[], &node(), &cfg());
+        // The empty ruleset has the skeleton only: no service chains, no elements but node IPs.
+        let t = empty.table(Family::Ip).unwrap();
+        prop_assert!(t.chains.iter().all(|c| !c.name.starts_with("svc-") && !c.name.starts_with("ep-") && !c.name.starts_with("ext-") && !c.name.starts_with("svl-")));
+        prop_assert!(t.sets.iter().all(|(n, s)| s.elements.is_empty() || n == "nodeport-ips"));
+        // And the diff from `full` deletes every service chain and set.
+        let script = empty.diff_script(&full);
+        let ft = full.table(Family::Ip).unwrap();
+        for c in ft.chains.iter().filter(|c| t.chain(&c.name).is_none()) {
+            let line = format!("delete chain ip dari {}", c.name);
+            prop_assert!(script.lines().any(|l| l == line), "missing: {}", line);
+        }
+        for s in ft.sets.keys().filter(|s| !t.sets.contains_key(*s)) {
+            let line = format!("delete set ip dari {s}");
+            prop_assert!(script.lines().any(|l| l == line), "missing: {}", line);
+        }
+        // Rendering is deterministic.
+        prop_assert_eq!(render(&services, &slices, &node(), &cfg()), full);
+    }
+}

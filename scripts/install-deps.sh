@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what dari's build, lab and tests need on Debian 12 (as root). Idempotent and quiet
+# when everything is already there.
+set -euo pipefail
+pkgs=(
+  kubectl python3-kubernetes            # real clients driven by the tests
+  nftables iproute2 conntrack tcpdump   # the node network and its inspection
+  containernetworking-plugins           # reference CNI plugins (delegate IPAM, benchmarks)
+  golang-go golang-github-appc-cni-dev  # builds libcni's cnitool, a real CNI runtime for the tests
+  dnsutils                              # dig, for DNS tests
+  hyperfine                             # benchmarks
+  pkg-config
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "==> installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
