@@ -113,7 +113,7 @@ impl Filter {
     /// Parses the selectors of a query; bad selectors are 400.
     pub fn new(resource: &Resource, q: &ListQuery) -> ApiResult<Self> {
         let labels = match q.label_selector.as_deref().filter(|s| !s.trim().is_empty()) {
-            Some(s) => Some(dari_api::selector::LabelSelector::parse(s).map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?),
+            Some(s) => Some(dari_api::selector::LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?),
             None => None,
         };
         let fields = match q.field_selector.as_deref().filter(|s| !s.trim().is_empty()) {
@@ -536,7 +536,7 @@ impl Api {
             let mut new = f(&cur)?;
             Self::check_kind(r, &mut new)?;
             let new = self.prepare_update(r, &cur, new, sub)?;
-            let errs = dari_api::validation::validate_update(r, &cur, &new);
+            let errs = if sub == Some("binding") { vec![] } else { dari_api::validation::validate_update(r, &cur, &new) };
             if !errs.is_empty() {
                 return Err(ApiError::invalid(r.group, r.kind, obj_name, causes_from(errs)));
             }
@@ -603,6 +603,12 @@ impl Api {
                 }
                 return Ok(out);
             }
+            Some("binding") => {
+                // the scheduler's write: only spec.nodeName changes (set by `bind`)
+                let mut out = cur.clone();
+                out["spec"]["nodeName"] = new.pointer("/spec/nodeName").cloned().unwrap_or(Value::Null);
+                return Ok(out);
+            }
             Some("finalize") => {
                 let mut out = cur.clone();
                 out["spec"] = new.get("spec").cloned().unwrap_or(json!({}));
@@ -622,6 +628,9 @@ impl Api {
             }
         }
         dari_api::defaults::apply_defaults(r.group, r.kind, &mut new);
+        if r.kind == "Service" {
+            dari_api::defaults::carry_over_service_allocations(cur, &mut new);
+        }
         let cm = cur.get("metadata").cloned().unwrap_or(json!({}));
         let md = meta_mut(&mut new);
         for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace", "generation"] {
@@ -710,7 +719,7 @@ impl Api {
         if node.is_empty() {
             return Err(invalid(r, pod, "target.name", "FieldValueRequired", "Required value".into()));
         }
-        self.update_with(r, ns, pod, None, None, &WriteOptions::default(), |cur| {
+        self.update_with(r, ns, pod, Some("binding"), None, &WriteOptions::default(), |cur| {
             if let Some(n) = cur.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                 return Err(ApiError::conflict("", "pods", pod, &format!("pod {pod} is already assigned to node \"{n}\"")));
             }

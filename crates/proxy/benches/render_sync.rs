@@ -11,6 +11,7 @@
 //! - baseline: kube-proxy iptables mode equivalent via `iptables-nft-restore` (if it works here)
 //! - peak RSS of this process (objects + rulesets in memory: an upper bound of the proxy's).
 
+#![allow(clippy::unwrap_used)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -3,6 +3,7 @@
 //! them (review the diff!). The `nft_accepts_golden_files` test in tests/netns.rs checks every
 //! golden file with `nft -c -f` (root).
 
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use common::*;
@@ -189,7 +190,7 @@ fn masquerade_all_and_hairpin() {
 #[test]
 fn diff_add_endpoint_and_service() {
     let (s, e) = seed003();
-    let before = r(&[s.clone()], &[e.clone()]);
+    let before = r(std::slice::from_ref(&s), std::slice::from_ref(&e));
     let mut e2 = e.clone();
     e2.endpoints.pop();
     let other = service("default", "other", "10.200.1.60", &[tcp("http", 80, 80)]);

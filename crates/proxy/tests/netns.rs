@@ -12,6 +12,7 @@
 //! Servers are threads of this test that `setns` into a pod netns and answer
 //! `Hostname: podN\nRemoteAddr: IP:PORT\n` (like traefik/whoami).
 
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::collections::BTreeMap;
@@ -156,6 +157,10 @@ fn build_lab() -> Lab {
         let host_if = format!("veth{idx}");
         sh(&format!("ip -n {} link add {host_if} type veth peer name eth0 netns {}", node.name, ns.name));
         sh(&format!("ip -n {} link set {host_if} master br0 up", node.name));
+        // As the CNI bridge plugin's hairpinMode: br_netfilter bridges a DNATed frame whose new
+        // destination is on the same bridge, so pod -> own Service -> itself leaves by the port
+        // it came in on.
+        sh(&format!("ip -n {} link set {host_if} type bridge_slave hairpin on", node.name));
         for a in addrs {
             sh(&format!("ip -n {} addr add {a}/24 dev eth0", ns.name));
         }

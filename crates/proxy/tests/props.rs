@@ -1,6 +1,7 @@
 //! Property tests of the renderer: every usable endpoint is reachable, nothing is left
 //! unreferenced, and removing everything leaves an empty table.
 
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -142,8 +143,8 @@ proptest! {
         let rs = render(&services, &slices, &node(), &cfg());
         let t = rs.table(Family::Ip).unwrap();
         let reach = reachable(&rs, Family::Ip);
-        // No chain left unreferenced.
-        for c in &t.chains {
+        // No per-Service chain left unreferenced (the fixed skeleton, e.g. reject-chain, is always there).
+        for c in t.chains.iter().filter(|c| ["svc-", "svl-", "ext-", "ep-"].iter().any(|p| c.name.starts_with(p))) {
             prop_assert!(reach.contains(&c.name), "unreferenced chain {}", c.name);
         }
         // No set left unreferenced.

@@ -1,0 +1,12 @@
+//! dari-agent: dari's node agent (the kubelet's job). Start at [`run`].
+//!
+//! * [`containerd`]: supervises Debian's containerd as a child with a generated config.
+//! * [`cri`]: the CRI v1 gRPC client behind the small [`cri::Cri`] trait.
+//! * [`image`]: OCI tarballs built from host binaries (pause, busybox) and `dari image import`.
+
+pub mod containerd;
+pub mod cri;
+pub mod error;
+pub mod image;
+
+pub use error::{AgentError, Result};

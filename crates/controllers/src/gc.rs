@@ -1,0 +1,3 @@
+//! GC (in progress).
+/// Run.
+pub async fn run(_c: kube::Client) {}

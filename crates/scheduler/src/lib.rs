@@ -1,0 +1,1 @@
+//! dari-scheduler (in progress).
