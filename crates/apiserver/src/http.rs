@@ -13,6 +13,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::auth::{Attributes, Authorizer, UserInfo};
 use crate::discovery;
@@ -120,7 +121,8 @@ impl Query {
     }
 
     fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true") | Some("1") | Some(""))
+        // Go's strconv.ParseBool, as kube-apiserver parses query booleans
+        matches!(self.get(k), Some("true" | "1" | "t" | "T" | "TRUE" | "True" | ""))
     }
 
     fn list(&self) -> ApiResult<ListQuery> {
@@ -197,15 +199,12 @@ impl Http {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let span = tracing::info_span!("request", %method, path = %path, user = user.as_ref().map(|u| u.name.as_str()).unwrap_or("anonymous"), %peer);
-        let _g = span.enter();
-        drop(_g);
         let started = std::time::Instant::now();
-        let resp = match self.route(req, user).await {
+        let resp = match self.route(req, user).instrument(span.clone()).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
-        let _g = span.enter();
-        tracing::debug!(code = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "done");
+        span.in_scope(|| tracing::debug!(code = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "done"));
         resp
     }
 
@@ -488,7 +487,8 @@ pub fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
             serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
         }
         "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}"))),
-        "application/vnd.kubernetes.protobuf" => Err(ApiError::unsupported_media_type(ct)),
+        // kubectl's typed commands (create configmap|deployment|ns…, run, expose) send protobuf
+        "application/vnd.kubernetes.protobuf" => dari_kubeproto::decode(body).map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}"))),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }

@@ -182,7 +182,8 @@ async fn patches_edit_dry_run_and_server_side_apply() {
     // strategic merge keeps the other containers (merge key: name)
     c.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox"}]}}}}"#]).await;
     let names = c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[*].name}"]).await;
-    assert_eq!(names, "nginx sidecar");
+    // as upstream (and the kubectl patch docs): without $setElementOrder new elements come first
+    assert_eq!(names, "sidecar nginx");
     // JSON patch and merge patch
     c.ok(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#]).await;
     c.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"metadata":{"labels":{"tier":"front"}}}"#]).await;

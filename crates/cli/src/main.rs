@@ -14,6 +14,8 @@ struct Cli {
 enum Cmd {
     /// Run the API server (datastore, PKI, controllers as they land).
     Server(dari_apiserver::ServerArgs),
+    /// Run the cluster DNS (Kubernetes DNS spec, forward and cache) against an API server.
+    Dns(dari_dns::config::DnsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +32,11 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("dari server listening on https://{}", server.addr);
                 eprintln!("export KUBECONFIG={}", server.admin_kubeconfig.display());
                 server.wait().await;
+                Ok(())
+            }
+            Cmd::Dns(args) => {
+                let cfg = dari_dns::config::DnsRunConfig::from_args(&args)?;
+                dari_dns::run(cfg).await?;
                 Ok(())
             }
         }

@@ -2,11 +2,12 @@
 //!
 //! STOPGAP: rules are applied by exec'ing `nft -f -` / `nft -j list` (nftables package), not
 //! over netlink. Everything lives in one table, `inet dari-cni`, and every rule carries the
-//! comment `dari:<containerID>:<ifname>` so DEL and GC find it. Equivalent manual commands:
+//! comment `dari:<network>:<containerID>:<ifname>` so DEL and GC find it (GC of one network
+//! never touches another network's rules). Equivalent manual commands:
 //!   nft add rule inet dari-cni masq ip saddr 10.22.0.5 ip daddr != 10.22.0.0/16 \
-//!       ip daddr != 224.0.0.0/4 masquerade comment '"dari:CID:eth0"'
+//!       ip daddr != 224.0.0.0/4 masquerade comment '"dari:NET:CID:eth0"'
 //!   nft add rule inet dari-cni hostports-pre fib daddr type local meta l4proto tcp th dport 8080 \
-//!       dnat ip to 10.22.0.5:80 comment '"dari:CID:eth0"'
+//!       dnat ip to 10.22.0.5:80 comment '"dari:NET:CID:eth0"'
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -22,15 +23,32 @@ use crate::types::{Attachment, PortMapping};
 pub const TABLE: &str = "dari-cni";
 const LOCK: &str = "/run/dari-cni/nft.lock";
 
-/// The per-attachment rule comment.
-pub fn tag(container_id: &str, ifname: &str) -> String {
-    format!("dari:{container_id}:{ifname}")
+/// Who a rule belongs to: one attachment of one network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Network name (validated: no `:`).
+    pub net: String,
+    /// Container ID (validated: no `:`).
+    pub cid: String,
+    /// Interface name (validated: no `:`).
+    pub ifname: String,
 }
 
-fn parse_tag(c: &str) -> Option<(String, String)> {
-    let rest = c.strip_prefix("dari:")?;
-    let (cid, ifn) = rest.rsplit_once(':')?;
-    Some((cid.to_string(), ifn.to_string()))
+impl Owner {
+    /// Owner of (network, container, ifname).
+    pub fn new(net: &str, cid: &str, ifname: &str) -> Self {
+        Owner { net: net.into(), cid: cid.into(), ifname: ifname.into() }
+    }
+    /// The rule comment, `dari:<net>:<cid>:<ifname>`.
+    pub fn tag(&self) -> String {
+        format!("dari:{}:{}:{}", self.net, self.cid, self.ifname)
+    }
+    /// Parses a rule comment written by [`Owner::tag`].
+    pub fn parse(c: &str) -> Option<Self> {
+        let mut it = c.strip_prefix("dari:")?.splitn(3, ':');
+        let (net, cid, ifname) = (it.next()?, it.next()?, it.next()?);
+        Some(Owner::new(net, cid, ifname))
+    }
 }
 
 /// Idempotent table + chain declarations.
@@ -100,6 +118,12 @@ pub fn render_portmap(maps: &[PortMapping], pod_ips: &[IpAddr], tag: &str) -> Re
     Ok(s)
 }
 
+/// GC's predicate (pure): a rule of `net` whose attachment is not in `valid`.
+pub fn gc_doomed<'a>(net: &'a str, valid: &[Attachment]) -> impl Fn(&Owner) -> bool + 'a {
+    let keep: HashSet<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
+    move |o: &Owner| o.net == net && !keep.contains(&(o.cid.clone(), o.ifname.clone()))
+}
+
 /// A rule found in the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundRule {
@@ -107,8 +131,8 @@ pub struct FoundRule {
     pub chain: String,
     /// Handle.
     pub handle: u64,
-    /// (container id, ifname) from the comment.
-    pub owner: (String, String),
+    /// Owner, from the comment.
+    pub owner: Owner,
 }
 
 /// Parses `nft -j list table inet dari-cni` output.
@@ -120,15 +144,15 @@ pub fn parse_rules(json: &str) -> Vec<FoundRule> {
         let (Some(chain), Some(handle), Some(comment)) = (r["chain"].as_str(), r["handle"].as_u64(), r["comment"].as_str()) else {
             continue;
         };
-        if let Some(owner) = parse_tag(comment) {
+        if let Some(owner) = Owner::parse(comment) {
             out.push(FoundRule { chain: chain.to_string(), handle, owner });
         }
     }
     out
 }
 
-/// Deletion script for the rules not wanted by `keep`.
-pub fn render_delete(rules: &[FoundRule], doomed: impl Fn(&(String, String)) -> bool) -> String {
+/// Deletion script for the rules whose owner is `doomed`.
+pub fn render_delete(rules: &[FoundRule], doomed: impl Fn(&Owner) -> bool) -> String {
     rules
         .iter()
         .filter(|r| doomed(&r.owner))
@@ -194,29 +218,28 @@ impl Nft {
         Ok(parse_rules(&String::from_utf8_lossy(&out.stdout)))
     }
 
-    /// Deletes the rules of (cid, ifname).
-    pub fn delete_owner(&self, cid: &str, ifname: &str) -> Result<()> {
+    /// Deletes the rules of one attachment.
+    pub fn delete_owner(&self, owner: &Owner) -> Result<()> {
         let _l = lock()?;
-        let s = render_delete(&self.list()?, |o| o.0 == cid && o.1 == ifname);
+        let s = render_delete(&self.list()?, |o| o == owner);
         if s.is_empty() {
             return Ok(());
         }
         self.run(&s, "delete rules")
     }
 
-    /// Deletes every rule whose owner is not in `valid`.
-    pub fn gc(&self, valid: &[Attachment]) -> Result<()> {
+    /// Deletes every rule of network `net` whose attachment is not in `valid`.
+    pub fn gc(&self, net: &str, valid: &[Attachment]) -> Result<()> {
         let _l = lock()?;
-        let keep: HashSet<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
-        let s = render_delete(&self.list()?, |o| !keep.contains(o));
+        let s = render_delete(&self.list()?, gc_doomed(net, valid));
         if s.is_empty() {
             return Ok(());
         }
         self.run(&s, "gc rules")
     }
 
-    /// Number of rules owned by (cid, ifname).
-    pub fn count(&self, cid: &str, ifname: &str) -> Result<usize> {
-        Ok(self.list()?.iter().filter(|r| r.owner.0 == cid && r.owner.1 == ifname).count())
+    /// Number of rules of one attachment.
+    pub fn count(&self, owner: &Owner) -> Result<usize> {
+        Ok(self.list()?.iter().filter(|r| &r.owner == owner).count())
     }
 }

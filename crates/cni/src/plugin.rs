@@ -185,6 +185,23 @@ fn default_bridge() -> String {
     "cni0".into()
 }
 
+/// The nft rule owner of this invocation's attachment.
+fn owner(net: &str, env: &CniEnv) -> nft::Owner {
+    nft::Owner::new(net, &env.container_id, &env.ifname)
+}
+
+/// Network names as the spec allows them (`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`); they name the
+/// IPAM directory and the nft rule owner.
+pub fn check_name(n: &str) -> Result<()> {
+    let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config("name", format!("{n:?} is not a valid network name (letters, digits, `_`, `.`, `-`)")))
+    }
+}
+
 fn valid_ifname(n: &str) -> bool {
     !n.is_empty() && n.len() <= 15 && !n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
@@ -194,6 +211,7 @@ impl BridgeConf {
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         let c: BridgeConf = decode("network config", bytes)?;
         types::check_version(&c.cni_version)?;
+        check_name(&c.name)?;
         if !valid_ifname(&c.bridge) {
             return Err(Error::config("bridge", format!("{:?} is not a valid interface name", c.bridge)));
         }
@@ -231,6 +249,17 @@ fn ipam_kind(ipam_v: &Value, name: &str) -> Result<IpamKind> {
     } else {
         Ok(IpamKind::Delegate(t.to_string()))
     }
+}
+
+/// For GC and STATUS: the reference `host-local` (1.1.x knows neither command) keeps the same
+/// on-disk format and lock as the built-in IPAM, so dari-cni does them itself.
+fn ipam_kind_for_maintenance(ipam_v: &Value, name: &str) -> Result<IpamKind> {
+    if ipam_v["type"].as_str() == Some("host-local") {
+        let mut v = ipam_v.clone();
+        v["type"] = Value::String(BUILTIN_IPAM.into());
+        return ipam_kind(&v, name);
+    }
+    ipam_kind(ipam_v, name)
 }
 
 fn find_plugin(env: &CniEnv, t: &str) -> Result<PathBuf> {
@@ -480,7 +509,7 @@ pub fn bridge_add(env: &CniEnv, conf: &BridgeConf, stdin: &[u8], ctx: Ctx<'_>) -
         }
         if conf.ip_masq {
             let ips: Vec<IpNet> = res.ips.iter().map(|i| i.address).collect();
-            Nft.add(&nft::render_masq(&ips, &nft::tag(&env.container_id, &env.ifname)))?;
+            Nft.add(&nft::render_masq(&ips, &owner(&conf.name, env).tag()))?;
         }
         Ok(res)
     };
@@ -490,7 +519,7 @@ pub fn bridge_add(env: &CniEnv, conf: &BridgeConf, stdin: &[u8], ctx: Ctx<'_>) -
             undo_veth(pod);
             let _ = ipam_del(env, conf, stdin);
             if conf.ip_masq {
-                let _ = Nft.delete_owner(&env.container_id, &env.ifname);
+                let _ = Nft.delete_owner(&owner(&conf.name, env));
             }
             Err(e)
         }
@@ -506,7 +535,7 @@ pub fn bridge_del(env: &CniEnv, conf: &BridgeConf, stdin: &[u8], pod: Option<&mu
         }
     }
     if conf.ip_masq {
-        Nft.delete_owner(&env.container_id, &env.ifname)?;
+        Nft.delete_owner(&owner(&conf.name, env))?;
     }
     Ok(())
 }
@@ -563,7 +592,7 @@ pub fn bridge_check(env: &CniEnv, conf: &BridgeConf, stdin: &[u8], host: &mut dy
             }
         }
     }
-    if conf.ip_masq && Nft.count(&env.container_id, &env.ifname)? == 0 {
+    if conf.ip_masq && Nft.count(&owner(&conf.name, env))? == 0 {
         return Err(Error::State { what: format!("ipMasq rules for {}/{} missing", env.container_id, env.ifname) });
     }
     Ok(())
@@ -586,8 +615,9 @@ struct GcConf {
 /// GC: releases every reservation / rule not in `cni.dev/valid-attachments`.
 pub fn gc(env: &CniEnv, stdin: &[u8]) -> Result<()> {
     let c: GcConf = decode("network config", stdin)?;
+    check_name(&c.name)?;
     if let Some(iv) = &c.ipam {
-        match ipam_kind(iv, &c.name)? {
+        match ipam_kind_for_maintenance(iv, &c.name)? {
             IpamKind::Builtin(ip) => {
                 if ip.dir.exists() {
                     let mut st = FileStore::open(&ip.dir)?;
@@ -600,7 +630,7 @@ pub fn gc(env: &CniEnv, stdin: &[u8]) -> Result<()> {
         }
     }
     if c.ip_masq || c.type_ == PORTMAP {
-        Nft.gc(&c.valid)?;
+        Nft.gc(&c.name, &c.valid)?;
     }
     Ok(())
 }
@@ -609,7 +639,7 @@ pub fn gc(env: &CniEnv, stdin: &[u8]) -> Result<()> {
 pub fn status(env: &CniEnv, stdin: &[u8]) -> Result<()> {
     let c: GcConf = decode("network config", stdin)?;
     if let Some(iv) = &c.ipam {
-        match ipam_kind(iv, &c.name)? {
+        match ipam_kind_for_maintenance(iv, &c.name)? {
             IpamKind::Builtin(ip) => {
                 FileStore::open(&ip.dir).map_err(|e| Error::Delegate { plugin: BUILTIN_IPAM.into(), msg: e.to_string(), code: code::NOT_AVAILABLE })?;
             }
@@ -667,6 +697,7 @@ pub fn ipam_plugin(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
 #[serde(rename_all = "camelCase")]
 struct PortmapConf {
     cni_version: String,
+    name: String,
     #[serde(default)]
     runtime_config: RuntimeConfig,
     #[serde(default)]
@@ -677,7 +708,9 @@ struct PortmapConf {
 pub fn portmap_plugin(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
     let c: PortmapConf = decode("network config", stdin)?;
     types::check_version(&c.cni_version)?;
-    let tag = nft::tag(&env.container_id, &env.ifname);
+    check_name(&c.name)?;
+    let who = owner(&c.name, env);
+    let tag = who.tag();
     match env.command {
         Command::Add | Command::Check => {
             let prev_v = c.prev_result.as_ref().ok_or_else(|| Error::config("prevResult", "portmap must be chained after a plugin that returns IPs"))?;
@@ -697,14 +730,14 @@ pub fn portmap_plugin(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
                 Ok(Some(prev.render(&c.cni_version)))
             } else {
                 let want = rules.lines().count();
-                let got = Nft.count(&env.container_id, &env.ifname)?;
+                let got = Nft.count(&who)?;
                 if got < want {
                     return Err(Error::State { what: format!("portmap: {got} of {want} nft rules for {tag} present") });
                 }
                 Ok(None)
             }
         }
-        Command::Del => Nft.delete_owner(&env.container_id, &env.ifname).map(|_| None),
+        Command::Del => Nft.delete_owner(&who).map(|_| None),
         Command::Gc => gc(env, stdin).map(|_| None),
         Command::Status | Command::Version => Ok(None),
     }
@@ -773,6 +806,22 @@ pub fn bridge_plugin(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
     }
 }
 
+/// CHECK exists from cniVersion 0.4.0 on, STATUS and GC from 1.1.0 on: older configs get
+/// "incompatible CNI version" (code 1), as the spec asks.
+pub fn check_command_version(cmd: Command, version: &str) -> Result<()> {
+    let min = match cmd {
+        Command::Check => "0.4.0",
+        Command::Status | Command::Gc => "1.1.0",
+        _ => return Ok(()),
+    };
+    let pos = |v: &str| types::SUPPORTED_VERSIONS.iter().position(|x| *x == v);
+    if pos(version) < pos(min) {
+        let ok: Vec<&str> = types::SUPPORTED_VERSIONS.iter().copied().filter(|v| pos(v) >= pos(min)).collect();
+        return Err(Error::Version { version: version.into(), supported: format!("{} for {}", ok.join(", "), cmd.as_str()) });
+    }
+    Ok(())
+}
+
 /// Which plugin a process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
@@ -822,8 +871,11 @@ pub fn run(argv0: &str, get: impl Fn(&str) -> Option<String>, stdin: &mut dyn Re
             return Ok(Some(version_info()));
         }
         stdin.read_to_end(&mut input).map_err(|e| Error::Decode { what: "stdin", path: ".".into(), msg: e.to_string() })?;
-        types::parse_header(&input)?;
-        let _ = writeln!(log, "dari-cni {} container={} ifname={} netns={}", env.command.as_str(), env.container_id, env.ifname, env.netns);
+        let h = types::parse_header(&input)?;
+        check_command_version(env.command, &h.cni_version)?;
+        if get("DARI_CNI_DEBUG").is_some() || get("DARI_CNI_LOG_FILE").is_some() {
+            let _ = writeln!(log, "dari-cni {} container={} ifname={} netns={}", env.command.as_str(), env.container_id, env.ifname, env.netns);
+        }
         match which(argv0, &input)? {
             Which::Bridge => bridge_plugin(&env, &input),
             Which::Ipam => ipam_plugin(&env, &input),

@@ -15,6 +15,8 @@ pub mod config;
 pub mod error;
 pub mod table;
 pub mod tls;
+pub mod pool;
+pub mod proxy;
 
 pub use annotations::BackendProtocol;
 pub use config::IngressConfig;

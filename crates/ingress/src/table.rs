@@ -42,7 +42,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use regex::Regex;
 
 use crate::annotations::{self, Annotations, BackendProtocol};
@@ -568,8 +567,6 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        // A Service with a numeric targetPort and no slices yet: nothing to send to (503).
-        let _ = matches!(sp.target_port, Some(IntOrString::Int(_)));
         out.sort();
         out.dedup();
         (out, None)
@@ -733,7 +730,7 @@ pub fn build(
                     match Regex::new(&format!("(?i)^(?:{pattern})")) {
                         Ok(re) => PathMatch::Regex { pattern, re },
                         Err(e) => {
-                            b.issue(key, IssueKind::InvalidPath, format!("path {pattern:?} is not a valid regex: {e}"));
+                            b.issue(key, IssueKind::InvalidPath, format!("path {pattern:?} is not a valid regex: {}", e.to_string().lines().last().unwrap_or("").trim()));
                             continue;
                         }
                     }

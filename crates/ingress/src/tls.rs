@@ -171,3 +171,10 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The ring crypto provider (the workspace avoids aws-lc's cmake build on small boxes; ring has
+/// no post-quantum key exchange, hence rustls' deprecation note).
+#[allow(deprecated)]
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}

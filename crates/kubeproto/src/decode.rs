@@ -21,8 +21,13 @@ const MAX_DEPTH: usize = 64;
 /// An envelope whose `contentType` is `application/json` carries JSON in `raw`: that JSON is
 /// returned as is.
 pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
-    let rest = body.strip_prefix(MAGIC.as_slice()).ok_or(ProtoError::MissingMagic)?;
-    let mut d = Decoder { path: vec![Seg::Key("<envelope>")], depth: 0 };
+    let rest = body
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or(ProtoError::MissingMagic)?;
+    let mut d = Decoder {
+        path: vec![Seg::Key("<envelope>")],
+        depth: 0,
+    };
     let env = d.envelope(rest)?;
     if !env.content_encoding.is_empty() {
         return Err(ProtoError::UnsupportedContentEncoding(env.content_encoding));
@@ -51,7 +56,10 @@ pub fn decode_object(api_version: &str, kind: &str, raw: &[u8]) -> Result<Value,
     let mut out = Map::new();
     out.insert("kind".into(), Value::String(kind.to_string()));
     out.insert("apiVersion".into(), Value::String(api_version.to_string()));
-    let mut d = Decoder { path: Vec::new(), depth: 0 };
+    let mut d = Decoder {
+        path: Vec::new(),
+        depth: 0,
+    };
     d.message(idx, raw, &mut out)?;
     Ok(Value::Object(out))
 }
@@ -112,15 +120,27 @@ impl Decoder {
     }
 
     fn malformed(&self, e: WireErr) -> ProtoError {
-        ProtoError::Malformed { path: self.path(), offset: e.offset, what: e.what }
+        ProtoError::Malformed {
+            path: self.path(),
+            offset: e.offset,
+            what: e.what,
+        }
     }
 
     fn invalid(&self, what: impl Into<String>) -> ProtoError {
-        ProtoError::InvalidValue { path: self.path(), what: what.into() }
+        ProtoError::InvalidValue {
+            path: self.path(),
+            what: what.into(),
+        }
     }
 
     fn wrong(&self, tag: u32, v: &Val<'_>, expected: &'static str) -> ProtoError {
-        ProtoError::WrongWireType { path: self.path(), tag, got: v.wire_type(), expected }
+        ProtoError::WrongWireType {
+            path: self.path(),
+            tag,
+            got: v.wire_type(),
+            expected,
+        }
     }
 
     /// Iterates a message's fields, mapping wire errors to [`ProtoError::Malformed`] at the current path.
@@ -186,13 +206,21 @@ impl Decoder {
     fn enter(&mut self) -> Result<(), ProtoError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(ProtoError::TooDeep { path: self.path(), limit: MAX_DEPTH });
+            return Err(ProtoError::TooDeep {
+                path: self.path(),
+                limit: MAX_DEPTH,
+            });
         }
         Ok(())
     }
 
     /// Decodes message `idx` from `buf` into `out` (which may be a parent object, for inline fields).
-    fn message(&mut self, idx: u16, buf: &[u8], out: &mut Map<String, Value>) -> Result<(), ProtoError> {
+    fn message(
+        &mut self,
+        idx: u16,
+        buf: &[u8],
+        out: &mut Map<String, Value>,
+    ) -> Result<(), ProtoError> {
         let msg: &Msg = MESSAGES
             .get(usize::from(idx))
             .ok_or_else(|| self.invalid(format!("schema has no message #{idx}")))?;
@@ -228,18 +256,36 @@ impl Decoder {
             (Card::Map, _) => (wt == 2, "2 (length-delimited)"),
             (Card::One, Ty::Int32 | Ty::Int64 | Ty::Bool) => (wt == 0, "0 (varint)"),
             (Card::One, Ty::Double) => (wt == 1, "1 (64-bit)"),
-            (Card::Repeated, Ty::Int32 | Ty::Int64 | Ty::Bool) => (wt == 0 || wt == 2, "0 or packed 2"),
+            (Card::Repeated, Ty::Int32 | Ty::Int64 | Ty::Bool) => {
+                (wt == 0 || wt == 2, "0 or packed 2")
+            }
             (Card::Repeated, Ty::Double) => (wt == 1 || wt == 2, "1 or packed 2"),
             _ => (wt == 2, "2 (length-delimited)"),
         };
         if ok {
             Ok(())
         } else {
-            Err(ProtoError::WrongWireType { path: self.path(), tag, got: wt, expected })
+            let mut path = self.path();
+            if path == "." {
+                path.clear();
+            }
+            path.push('.');
+            path.push_str(f.json);
+            Err(ProtoError::WrongWireType {
+                path,
+                tag,
+                got: wt,
+                expected,
+            })
         }
     }
 
-    fn field(&mut self, f: &F, vs: &[Val<'_>], out: &mut Map<String, Value>) -> Result<(), ProtoError> {
+    fn field(
+        &mut self,
+        f: &F,
+        vs: &[Val<'_>],
+        out: &mut Map<String, Value>,
+    ) -> Result<(), ProtoError> {
         let omit = f.flags & OMITEMPTY != 0;
         let ptr = f.flags & POINTER != 0;
         match f.card {
@@ -250,7 +296,10 @@ impl Decoder {
                         return self.message(i, &buf, out);
                     }
                 }
-                let scalar = matches!(f.ty, Ty::String | Ty::Int32 | Ty::Int64 | Ty::Bool | Ty::Double);
+                let scalar = matches!(
+                    f.ty,
+                    Ty::String | Ty::Int32 | Ty::Int64 | Ty::Bool | Ty::Double
+                );
                 if vs.is_empty() && (ptr || f.ty == Ty::Bytes) {
                     // A nil pointer or nil []byte.
                     if !omit {
@@ -381,7 +430,10 @@ impl Decoder {
                 if f.fract() == 0.0 && f.abs() < 9.0e15 {
                     return Ok(Value::from(f as i64));
                 }
-                Value::Number(Number::from_f64(f).ok_or_else(|| self.invalid(format!("{f} has no JSON form")))?)
+                Value::Number(
+                    Number::from_f64(f)
+                        .ok_or_else(|| self.invalid(format!("{f} has no JSON form")))?,
+                )
             }
             Ty::Msg(i) => {
                 let b = self.bytes_of(tag, v)?;
@@ -425,7 +477,9 @@ impl Decoder {
                 }
                 gofmt::rfc3339(secs, nanos, ty == Ty::MicroTime)
                     .map(Value::String)
-                    .ok_or_else(|| self.invalid(format!("time {secs}s {nanos}ns is outside years 0-9999")))
+                    .ok_or_else(|| {
+                        self.invalid(format!("time {secs}s {nanos}ns is outside years 0-9999"))
+                    })
             }
             Ty::Duration => {
                 let mut ns = 0i64;
@@ -479,11 +533,16 @@ impl Decoder {
                     None => Ok(Value::Null),
                     Some([]) => Ok(Value::Null),
                     Some(r) if ty == Ty::RawExtension && r.starts_with(MAGIC) => {
-                        let mut inner = Decoder { path: Vec::new(), depth: self.depth };
+                        let mut inner = Decoder {
+                            path: Vec::new(),
+                            depth: self.depth,
+                        };
                         let env = inner.envelope(&r[MAGIC.len()..])?;
-                        let idx = find_kind(&env.api_version, &env.kind).ok_or_else(|| ProtoError::UnknownKind {
-                            api_version: env.api_version.clone(),
-                            kind: env.kind.clone(),
+                        let idx = find_kind(&env.api_version, &env.kind).ok_or_else(|| {
+                            ProtoError::UnknownKind {
+                                api_version: env.api_version.clone(),
+                                kind: env.kind.clone(),
+                            }
                         })?;
                         let mut out = Map::new();
                         out.insert("kind".into(), Value::String(env.kind.clone()));
@@ -505,7 +564,11 @@ impl Decoder {
                     }
                     Ok(())
                 })?;
-                Ok(if items.is_empty() { Value::Null } else { Value::Array(items) })
+                Ok(if items.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Array(items)
+                })
             }
             other => Err(self.invalid(format!("{other:?} is not a self-marshalling type"))),
         }

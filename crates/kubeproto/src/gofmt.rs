@@ -18,7 +18,10 @@ pub(crate) fn rfc3339(seconds: i64, nanos: i64, micros: bool) -> Option<String> 
     }
     let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
     Some(if micros {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:06}Z", nanos / 1000)
+        format!(
+            "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:06}Z",
+            nanos / 1000
+        )
     } else {
         format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
     })
@@ -90,13 +93,34 @@ mod tests {
 
     #[test]
     fn rfc3339_matches_go() {
-        assert_eq!(rfc3339(0, 0, false).as_deref(), Some("1970-01-01T00:00:00Z"));
-        assert_eq!(rfc3339(1_700_000_000, 123_456_789, false).as_deref(), Some("2023-11-14T22:13:20Z"));
-        assert_eq!(rfc3339(1_700_000_000, 123_456_789, true).as_deref(), Some("2023-11-14T22:13:20.123456Z"));
-        assert_eq!(rfc3339(951_782_400, 0, false).as_deref(), Some("2000-02-29T00:00:00Z"));
-        assert_eq!(rfc3339(GO_ZERO_UNIX, 0, false).as_deref(), Some("0001-01-01T00:00:00Z"));
-        assert_eq!(rfc3339(-1, 0, false).as_deref(), Some("1969-12-31T23:59:59Z"));
-        assert_eq!(rfc3339(10, -1, true).as_deref(), Some("1970-01-01T00:00:09.999999Z"));
+        assert_eq!(
+            rfc3339(0, 0, false).as_deref(),
+            Some("1970-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            rfc3339(1_700_000_000, 123_456_789, false).as_deref(),
+            Some("2023-11-14T22:13:20Z")
+        );
+        assert_eq!(
+            rfc3339(1_700_000_000, 123_456_789, true).as_deref(),
+            Some("2023-11-14T22:13:20.123456Z")
+        );
+        assert_eq!(
+            rfc3339(951_782_400, 0, false).as_deref(),
+            Some("2000-02-29T00:00:00Z")
+        );
+        assert_eq!(
+            rfc3339(GO_ZERO_UNIX, 0, false).as_deref(),
+            Some("0001-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            rfc3339(-1, 0, false).as_deref(),
+            Some("1969-12-31T23:59:59Z")
+        );
+        assert_eq!(
+            rfc3339(10, -1, true).as_deref(),
+            Some("1970-01-01T00:00:09.999999Z")
+        );
         assert_eq!(rfc3339(i64::MAX, 0, false), None);
         assert_eq!(rfc3339(i64::MIN, -1, false), None);
     }

@@ -3,7 +3,8 @@
 /// One protobuf message with its fields in Go struct order (which is the JSON output order).
 #[derive(Debug)]
 pub(crate) struct Msg {
-    /// k8s-pb module path and name, e.g. `api.apps.v1.Deployment`.
+    /// k8s-pb module path and name, e.g. `api.apps.v1.Deployment` (for tests and debugging).
+    #[allow(dead_code)]
     pub(crate) name: &'static str,
     pub(crate) fields: &'static [F],
 }
@@ -42,7 +43,8 @@ pub(crate) enum Ty {
     Time,
     /// metav1.MicroTime → RFC 3339 with microseconds; zero → null.
     MicroTime,
-    /// metav1.Duration {duration=1 (ns)} → Go duration string.
+    /// metav1.Duration {duration=1 (ns)} → Go duration string (no served kind uses it yet).
+    #[allow(dead_code)]
     Duration,
     /// metav1.FieldsV1 {raw=1} → embedded JSON.
     FieldsV1,

@@ -5,7 +5,7 @@
 pub(crate) enum Val<'a> {
     Varint(u64),
     Fixed64(u64),
-    Fixed32(u32),
+    Fixed32(#[allow(dead_code)] u32),
     Bytes(&'a [u8]),
 }
 
@@ -40,7 +40,10 @@ impl<'a> Reader<'a> {
     }
 
     fn err(&self, what: &'static str) -> WireErr {
-        WireErr { offset: self.pos, what }
+        WireErr {
+            offset: self.pos,
+            what,
+        }
     }
 
     pub(crate) fn varint(&mut self) -> Result<u64, WireErr> {

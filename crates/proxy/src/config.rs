@@ -54,6 +54,10 @@ pub struct ProxyConfig {
     pub nodeport_localhost: bool,
     /// Packet mark bit used for "masquerade this" (default `0x4000`, as kube-proxy).
     pub masquerade_mark: u32,
+    /// Pick endpoints with one `numgen random mod N vmap { .. }` per Service (kube-proxy's
+    /// layout) instead of a cascade of `numgen random mod N-k == 0 goto` rules. Default false:
+    /// the anonymous vmaps make big transactions quadratic in the kernel (see the benchmark).
+    pub numgen_vmap: bool,
 }
 
 impl Default for ProxyConfig {
@@ -66,6 +70,7 @@ impl Default for ProxyConfig {
             nodeport_addresses: Vec::new(),
             nodeport_localhost: false,
             masquerade_mark: 0x4000,
+            numgen_vmap: false,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! nat-prerouting / nat-output  -> jump services
 //! services:   ip daddr . meta l4proto . th dport vmap @service-ips
 //!             ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
-//! svc-NS/NAME/PROTO/PORT   (all endpoints)   masquerade-if-from-outside, affinity, numgen vmap
+//! svc-NS/NAME/PROTO/PORT   (all endpoints)   masquerade-if-from-outside, affinity, random pick
+//!                          (`numgen random mod N-k == 0 goto ep-k` cascade; `numgen_vmap` for the vmap)
 //! svl-NS/NAME/PROTO/PORT   (local endpoints, for trafficPolicy Local)
 //! ext-NS/NAME/PROTO/PORT   (NodePort, externalIPs, LB IPs) mark-for-masquerade, goto svc-/svl-
 //! ep-NS/NAME/PROTO/PORT__IP/PORT  hairpin masquerade, affinity update, dnat
@@ -468,15 +469,26 @@ impl<'a> TableRenderer<'a> {
                 ));
             }
         }
-        if let [only] = eps {
-            rules.push(format!("goto {}", endpoint_chain_name(id, only)));
-        } else {
+        if self.cfg.numgen_vmap && eps.len() > 1 {
             let arms: Vec<String> = eps
                 .iter()
                 .enumerate()
                 .map(|(i, ep)| format!("{i} : goto {}", endpoint_chain_name(id, ep)))
                 .collect();
             rules.push(format!("numgen random mod {} vmap {{ {} }}", eps.len(), arms.join(", ")));
+            return rules;
+        }
+        // Cascade: endpoint k of n is taken with probability 1/(n-k) among those left, so each
+        // gets 1/n. No anonymous set per Service: in one big transaction each anonymous set
+        // costs the kernel a walk of the whole batch (nft_set_lookup_byid), quadratic overall.
+        let n = eps.len();
+        for (k, ep) in eps.iter().enumerate() {
+            let chain = endpoint_chain_name(id, ep);
+            if k + 1 < n {
+                rules.push(format!("numgen random mod {} == 0 goto {chain}", n - k));
+            } else {
+                rules.push(format!("goto {chain}"));
+            }
         }
         rules
     }

@@ -197,7 +197,12 @@ impl ProxyServer {
         let sync_loop = async {
             // Render nothing before the first list of every resource is in.
             let _ = tokio::join!(svc_store.wait_until_ready(), eps_store.wait_until_ready(), node_store.wait_until_ready());
-            let mut resync = tokio::time::interval(self.full_sync_period);
+            // The first sync is full anyway (nothing applied yet); resyncs start one period later.
+            let mut resync = tokio::time::interval_at(
+                tokio::time::Instant::now() + self.full_sync_period,
+                self.full_sync_period,
+            );
+            resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let full = tokio::select! {
                     _ = notify.notified() => false,

@@ -38,7 +38,7 @@ pub fn show(rs: &Ruleset, namespace: &str, name: Option<&str>) -> String {
             let _ = writeln!(out, "chain {}", c.name);
             for r in &c.rules {
                 if let Some(n) = r.strip_prefix("numgen random mod ").and_then(|r| r.split_whitespace().next()) {
-                    let _ = writeln!(out, "    {r}    # each endpoint 1/{n}");
+                    let _ = writeln!(out, "    {r}    # 1/{n} of what reaches this rule");
                 } else {
                     let _ = writeln!(out, "    {r}");
                 }

@@ -219,3 +219,11 @@ fn show_service() {
     let rs = r(&[with_affinity(s, Some(10800))], &[e]);
     golden("show-svc-clusterip.txt", &dari_proxy::show(&rs, "default", Some("svc-clusterip")));
 }
+
+#[test]
+fn clusterip_numgen_vmap_layout() {
+    // kube-proxy's exact layout: one `numgen random mod N vmap` per Service port.
+    let (s, e) = seed003();
+    let cfg = ProxyConfig { numgen_vmap: true, ..cfg() };
+    golden("clusterip-numgen-vmap.nft", &v4(&render(&[s], &[e], &node(), &cfg)));
+}

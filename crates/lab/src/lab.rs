@@ -1,0 +1,677 @@
+//! `dari lab up|down|status|exec|images`: the whole lab, from [`crate::plan`] to processes.
+//!
+//! Layout of the lab directory (default `/var/lib/dari-lab`):
+//!
+//! ```text
+//! state.json          the plan and options (written before anything is created, so `down`
+//!                     works after a crash at any point)
+//! kubeconfig          admin kubeconfig for the host: https://127.0.0.1:6443 (the forwarder)
+//! server/             dari server --data-dir (admin.kubeconfig, node-token, datastore)
+//! nodes/NAME/         dari agent --data-dir (its containerd root/state/socket)
+//! images/*.tar        stand-in images
+//! logs/*.log pids/*.pid
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LabError, Result};
+use crate::forward::{Dialer, ForwardArgs};
+use crate::net::{self, netns_path, RealNet};
+use crate::plan::{self, LabOpts, LabPlan, NodePlan};
+use crate::procs::{self, ProcSpec};
+
+/// Default lab directory.
+pub const DEFAULT_DIR: &str = "/var/lib/dari-lab";
+/// The API server port inside the lab.
+pub const API_PORT: u16 = 6443;
+
+/// `dari lab ...`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: LabCmd,
+}
+
+/// The lab subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LabCmd {
+    /// Build a multi-node cluster on this machine (network namespaces, a hub bridge, dari per node).
+    Up(LabUpArgs),
+    /// Remove every namespace, link, mount, process and cgroup the lab made (safe to repeat).
+    Down(LabDirArgs),
+    /// Show the lab's nodes, processes and how to reach it.
+    Status(LabDirArgs),
+    /// Run a command inside a node's network namespace: `dari lab exec NODE -- CMD...`.
+    Exec(LabExecArgs),
+    /// Build the stand-in images only.
+    Images(LabImagesArgs),
+    /// The API forwarder process (started by `up`).
+    #[command(hide = true)]
+    Forward(ForwardArgs),
+}
+
+/// Options of `dari lab up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabUpArgs {
+    /// Number of workers (nodes: lab-control-plane, lab-worker, lab-worker2, ...).
+    #[arg(long, default_value_t = 3, conflicts_with = "nodes")]
+    pub workers: usize,
+    /// Node names, the first is the control plane (e.g. myk8s-control-plane,myk8s-worker,...).
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Datastore of the API server.
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite"])]
+    pub datastore: String,
+    /// Pod network backend between nodes (passed to every agent).
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
+    pub backend: String,
+    /// Lab directory.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+    /// Namespace name prefix.
+    #[arg(long, default_value = "dari")]
+    pub prefix: String,
+    /// The nodes' LAN.
+    #[arg(long, default_value = "172.31.0.0/24")]
+    pub subnet: Ipv4Net,
+    /// LAN MTU.
+    #[arg(long, default_value_t = 1400)]
+    pub mtu: u32,
+    /// Host address of the API forwarder.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub api_listen: SocketAddr,
+    /// Service ClusterIP range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: Ipv4Net,
+    /// Pod network of the cluster.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: Ipv4Net,
+    /// The dari binary to run in the nodes (default: this one).
+    #[arg(long)]
+    pub dari: Option<PathBuf>,
+    /// Do not build and import the stand-in images.
+    #[arg(long)]
+    pub no_images: bool,
+    /// Network only: no server, agents or forwarder (for debugging the topology).
+    #[arg(long)]
+    pub network_only: bool,
+    /// Seconds to wait for each component.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+impl Default for LabUpArgs {
+    fn default() -> Self {
+        LabUpArgs {
+            workers: 3,
+            nodes: vec![],
+            datastore: "sqlite".into(),
+            backend: "vxlan".into(),
+            dir: DEFAULT_DIR.into(),
+            prefix: "dari".into(),
+            subnet: LabOpts::default().subnet,
+            mtu: 1400,
+            api_listen: SocketAddr::from(([127, 0, 0, 1], API_PORT)),
+            service_cidr: Ipv4Net::new([10, 96, 0, 0].into(), 12).unwrap_or_default(),
+            cluster_cidr: Ipv4Net::new([10, 244, 0, 0].into(), 16).unwrap_or_default(),
+            dari: None,
+            no_images: false,
+            network_only: false,
+            timeout: 60,
+        }
+    }
+}
+
+/// `--dir` for down and status.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabDirArgs {
+    /// Lab directory.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+}
+
+/// `dari lab exec NODE -- CMD...`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabExecArgs {
+    /// Lab directory.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+    /// Node name.
+    pub node: String,
+    /// Command and arguments.
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+/// `dari lab images`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabImagesArgs {
+    /// Output directory.
+    #[arg(long, default_value = "/var/lib/dari-lab/images")]
+    pub out: PathBuf,
+}
+
+/// What `up` saves and `down`/`status`/`exec` read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabState {
+    /// The topology.
+    pub plan: LabPlan,
+    /// The dari binary the nodes run.
+    pub dari: PathBuf,
+    /// Host address of the API forwarder.
+    pub api_listen: SocketAddr,
+    /// Pod network backend.
+    pub backend: String,
+}
+
+/// The lab's paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabDirs {
+    /// Root.
+    pub root: PathBuf,
+}
+
+impl LabDirs {
+    /// `state.json`.
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+    /// The host kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.root.join("kubeconfig")
+    }
+    /// The server's data dir.
+    pub fn server(&self) -> PathBuf {
+        self.root.join("server")
+    }
+    /// A node's agent data dir.
+    pub fn node(&self, name: &str) -> PathBuf {
+        self.root.join("nodes").join(name)
+    }
+    /// A node's containerd socket (the agent's layout: DATA/containerd/containerd.sock).
+    pub fn containerd_socket(&self, name: &str) -> PathBuf {
+        self.node(name).join("containerd").join("containerd.sock")
+    }
+    /// Image archives.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+}
+
+/// Node names for `--workers N`.
+pub fn default_nodes(workers: usize) -> Vec<String> {
+    let mut v = vec!["lab-control-plane".to_string()];
+    for i in 0..workers {
+        v.push(if i == 0 { "lab-worker".into() } else { format!("lab-worker{}", i + 1) });
+    }
+    v
+}
+
+/// `dari server` inside the control-plane namespace (pure).
+pub fn server_argv(dari: &Path, plan: &LabPlan, dirs: &LabDirs, service_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Vec<String> {
+    let ip = plan.control_plane().ip().to_string();
+    vec![
+        dari.display().to_string(),
+        "server".into(),
+        "--data-dir".into(),
+        dirs.server().display().to_string(),
+        "--bind-address".into(),
+        ip.clone(),
+        "--secure-port".into(),
+        API_PORT.to_string(),
+        "--advertise-address".into(),
+        ip,
+        "--service-cluster-ip-range".into(),
+        service_cidr.to_string(),
+        "--cluster-cidr".into(),
+        cluster_cidr.to_string(),
+        "--tls-san".into(),
+        "127.0.0.1".into(),
+    ]
+}
+
+/// `dari agent` for one node (pure). The flag names follow the agent crate as it lands; this
+/// is the one place to adjust them.
+pub fn agent_argv(dari: &Path, plan: &LabPlan, node: &NodePlan, dirs: &LabDirs, backend: &str) -> Vec<String> {
+    vec![
+        dari.display().to_string(),
+        "agent".into(),
+        "--node-name".into(),
+        node.name.clone(),
+        "--node-ip".into(),
+        node.ip().to_string(),
+        "--server".into(),
+        format!("https://{}:{}", plan.control_plane().ip(), API_PORT),
+        "--token-file".into(),
+        dirs.server().join("node-token").display().to_string(),
+        "--data-dir".into(),
+        dirs.node(&node.name).display().to_string(),
+        "--netns".into(),
+        netns_path(&node.netns).display().to_string(),
+        "--backend".into(),
+        backend.into(),
+    ]
+}
+
+/// The admin kubeconfig with every `server:` pointed at `url` (pure, line based: the file is
+/// the one `dari_pki` renders).
+pub fn rewrite_kubeconfig(text: &str, url: &str) -> String {
+    let mut o = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("server:") {
+            let indent = &line[..line.len() - t.len()];
+            o.push_str(&format!("{indent}server: {url}\n"));
+        } else {
+            o.push_str(line);
+            o.push('\n');
+        }
+    }
+    o
+}
+
+fn progress(msg: &str) {
+    eprintln!("{msg}");
+}
+
+fn read_state(dirs: &LabDirs) -> Result<Option<LabState>> {
+    let p = dirs.state();
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| LabError::State { path: p, source: e }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LabError::io("read", p, e)),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| LabError::Process {
+        what: "lab worker thread".into(),
+        detail: e.to_string(),
+        source: None,
+    })?
+}
+
+async fn wait_tcp(what: &str, dialer: Option<&Dialer>, addr: SocketAddr, timeout: Duration, pid: Option<u32>, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ok = match dialer {
+            Some(d) => d.connect(addr).await.is_ok(),
+            None => tokio::net::TcpStream::connect(addr).await.is_ok(),
+        };
+        if ok {
+            return Ok(());
+        }
+        if let Some(p) = pid {
+            if !procs::alive(p as i32) {
+                return Err(LabError::Process {
+                    what: what.into(),
+                    detail: format!("exited before listening on {addr}; log: {}\n{}", log.display(), tail(log, 15)),
+                    source: None,
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Process {
+                what: what.into(),
+                detail: format!("not listening on {addr} after {}s; log: {}\n{}", timeout.as_secs(), log.display(), tail(log, 15)),
+                source: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let t = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What `up` built.
+#[derive(Debug, Clone)]
+pub struct LabInfo {
+    /// The saved state.
+    pub state: LabState,
+    /// The host kubeconfig (absent with `--network-only`).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `dari lab up`. On failure everything made so far is torn down again.
+pub async fn up(args: LabUpArgs) -> Result<LabInfo> {
+    let t0 = Instant::now();
+    let dirs = LabDirs { root: args.dir.clone() };
+    let nodes = if args.nodes.is_empty() { default_nodes(args.workers) } else { args.nodes.clone() };
+    let opts = LabOpts { prefix: args.prefix.clone(), subnet: args.subnet, mtu: args.mtu, ..LabOpts::default() };
+    let plan = plan::plan(&nodes, &opts)?;
+    if let Some(old) = read_state(&dirs)? {
+        if old.plan.namespaces().iter().any(|n| netns_path(n).exists()) {
+            return Err(LabError::plan(format!("a lab is already up in {} (run `dari lab down --dir {}` first)", dirs.root.display(), dirs.root.display())));
+        }
+        progress("cleaning up what a previous lab left behind");
+        down_dirs(&dirs).await?;
+    }
+    for ns in plan.namespaces() {
+        if netns_path(&ns).exists() {
+            return Err(LabError::plan(format!("network namespace {ns} exists already (another lab with prefix {}?)", opts.prefix)));
+        }
+    }
+    let dari = match &args.dari {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| LabError::io("find own binary", "/proc/self/exe", e))?,
+    };
+    let state = LabState { plan: plan.clone(), dari: dari.clone(), api_listen: args.api_listen, backend: args.backend.clone() };
+    std::fs::create_dir_all(&dirs.root).map_err(|e| LabError::io("create", &dirs.root, e))?;
+    let json = serde_json::to_vec_pretty(&state).map_err(|e| LabError::State { path: dirs.state(), source: e })?;
+    std::fs::write(dirs.state(), json).map_err(|e| LabError::io("write", dirs.state(), e))?;
+
+    match up_inner(&args, &dirs, &state, t0).await {
+        Ok(kubeconfig) => Ok(LabInfo { state, kubeconfig }),
+        Err(e) => {
+            progress(&format!("lab up failed: {e}; tearing down"));
+            if let Err(e2) = down_dirs(&dirs).await {
+                progress(&format!("teardown after failure also failed: {e2}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instant) -> Result<Option<PathBuf>> {
+    let plan = state.plan.clone();
+    let timeout = Duration::from_secs(args.timeout);
+    let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+    progress(&format!("[1/5] network: hub {} ({} {}), nodes {}", plan.hub.netns, plan.hub.bridge, plan.hub.addr, names.join(", ")));
+    let p2 = plan.clone();
+    blocking(move || {
+        let mut n = RealNet::new()?;
+        net::apply(&p2, &mut n)
+    })
+    .await?;
+    for n in &plan.nodes {
+        progress(&format!("      {:<24} netns {:<28} eth0 {}", n.name, n.netns, n.addr));
+    }
+    if args.network_only {
+        progress(&format!("network ready in {:.1}s (--network-only: no processes)", t0.elapsed().as_secs_f64()));
+        return Ok(None);
+    }
+    let cp = plan.control_plane().clone();
+    let images = if args.no_images {
+        None
+    } else {
+        progress("[2/5] stand-in images (lab only: a real cluster pulls the real images)");
+        let out = dirs.images();
+        Some(blocking(move || crate::images::build_images_with(&out, &crate::images::default_inputs()?, &mut |l| progress(l))).await?)
+    };
+
+    progress(&format!("[3/5] control plane: dari server on {}:{API_PORT} in {}", cp.ip(), cp.netns));
+    let server = ProcSpec {
+        name: "server".into(),
+        netns: Some(netns_path(&cp.netns)),
+        argv: server_argv(&state.dari, &plan, dirs, args.service_cidr, args.cluster_cidr),
+        env: vec![],
+    };
+    let spid = procs::spawn(&server, &dirs.root)?;
+    let dialer = Dialer::new(&netns_path(&cp.netns))?;
+    let upstream = SocketAddr::from((cp.ip(), API_PORT));
+    wait_tcp("dari server", Some(&dialer), upstream, timeout, Some(spid), &dirs.root.join("logs/server.log")).await?;
+    let admin = dirs.server().join("admin.kubeconfig");
+    let token = dirs.server().join("node-token");
+    let (a2, t2) = (admin.clone(), token.clone());
+    blocking(move || procs::wait_for("admin.kubeconfig and node-token", timeout, || a2.exists() && t2.exists())).await?;
+
+    let fwd = ProcSpec {
+        name: "forward".into(),
+        netns: None,
+        argv: vec![
+            state.dari.display().to_string(),
+            "lab".into(),
+            "forward".into(),
+            "--netns".into(),
+            netns_path(&cp.netns).display().to_string(),
+            "--listen".into(),
+            state.api_listen.to_string(),
+            "--upstream".into(),
+            upstream.to_string(),
+        ],
+        env: vec![],
+    };
+    let fpid = procs::spawn(&fwd, &dirs.root)?;
+    wait_tcp("API forwarder", None, state.api_listen, timeout, Some(fpid), &dirs.root.join("logs/forward.log")).await?;
+    let text = std::fs::read_to_string(&admin).map_err(|e| LabError::io("read", &admin, e))?;
+    let kc = dirs.kubeconfig();
+    std::fs::write(&kc, rewrite_kubeconfig(&text, &format!("https://{}", state.api_listen))).map_err(|e| LabError::io("write", &kc, e))?;
+    progress(&format!("      API on https://{} (forwarded into {})", state.api_listen, cp.netns));
+
+    progress(&format!("[4/5] agents ({} backend)", state.backend));
+    let mut agents = Vec::new();
+    for n in &plan.nodes {
+        let spec = ProcSpec {
+            name: format!("agent-{}", n.name),
+            netns: Some(netns_path(&n.netns)),
+            argv: agent_argv(&state.dari, &plan, n, dirs, &state.backend),
+            env: vec![],
+        };
+        std::fs::create_dir_all(dirs.node(&n.name)).map_err(|e| LabError::io("create", dirs.node(&n.name), e))?;
+        agents.push((n.clone(), procs::spawn(&spec, &dirs.root)?));
+    }
+    if let Some(archives) = images {
+        for (n, pid) in &agents {
+            let sock = dirs.containerd_socket(&n.name);
+            let log = dirs.root.join(format!("logs/agent-{}.log", n.name));
+            let (s2, pid) = (sock.clone(), *pid);
+            let r = blocking(move || {
+                procs::wait_for("containerd socket", timeout, || s2.exists() || !procs::alive(pid as i32))
+            })
+            .await;
+            if r.is_err() || !sock.exists() {
+                return Err(LabError::Process {
+                    what: format!("agent {}", n.name),
+                    detail: format!("no containerd socket at {}; log {}:\n{}", sock.display(), log.display(), tail(&log, 15)),
+                    source: None,
+                });
+            }
+            let a2 = archives.clone();
+            blocking(move || crate::images::import_with_ctr(&sock, &a2)).await?;
+            progress(&format!("      {:<24} agent pid {pid}, {} images imported", n.name, archives.len()));
+        }
+    }
+    progress(&format!("[5/5] lab up in {:.1}s", t0.elapsed().as_secs_f64()));
+    print_usage(dirs, state);
+    Ok(Some(kc))
+}
+
+fn print_usage(dirs: &LabDirs, state: &LabState) {
+    let d = dirs.root.display();
+    let first = state.plan.nodes.last().map(|n| n.name.clone()).unwrap_or_default();
+    eprintln!();
+    eprintln!("  export KUBECONFIG={}", dirs.kubeconfig().display());
+    eprintln!("  kubectl get nodes -o wide");
+    eprintln!("  dari lab exec --dir {d} {first} -- ip addr      # a shell command inside a node");
+    eprintln!("  dari lab status --dir {d}");
+    eprintln!("  dari lab down --dir {d}");
+    eprintln!("  logs: {d}/logs/   (images are lab stand-ins; a real cluster pulls the real images)");
+}
+
+/// What `down` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownReport {
+    /// Processes stopped.
+    pub processes: Vec<i32>,
+    /// Of those, the ones that needed SIGKILL.
+    pub killed: Vec<i32>,
+    /// Pod namespaces (containerd's `cni-*`) that were linked to lab nodes.
+    pub pod_netns: Vec<String>,
+    /// Mounts under the lab dir.
+    pub mounts: Vec<PathBuf>,
+    /// Lab namespaces.
+    pub netns: Vec<String>,
+    /// Cgroup directories.
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// `dari lab down` for a lab directory.
+pub async fn down(args: LabDirArgs) -> Result<DownReport> {
+    let dirs = LabDirs { root: args.dir };
+    let r = down_dirs(&dirs).await?;
+    progress(&format!(
+        "lab down: {} processes stopped ({} killed), {} pod netns, {} mounts, {} namespaces, {} cgroups removed",
+        r.processes.len(),
+        r.killed.len(),
+        r.pod_netns.len(),
+        r.mounts.len(),
+        r.netns.len(),
+        r.cgroups.len()
+    ));
+    Ok(r)
+}
+
+async fn down_dirs(dirs: &LabDirs) -> Result<DownReport> {
+    let Some(state) = read_state(dirs)? else {
+        progress(&format!("no lab state in {}: nothing to do", dirs.root.display()));
+        return Ok(DownReport::default());
+    };
+    let root = dirs.root.clone();
+    let plan = state.plan.clone();
+    let report = blocking(move || {
+        let mut rep = DownReport::default();
+        let ns_paths: Vec<PathBuf> = plan.namespaces().iter().map(|n| netns_path(n)).filter(|p| p.exists()).collect();
+        rep.processes = procs::lab_processes(&ns_paths, &root);
+        rep.killed = procs::stop(&rep.processes, Duration::from_secs(10));
+        let mut n = RealNet::new()?;
+        let own = plan.namespaces();
+        for node in &plan.nodes {
+            if !netns_path(&node.netns).exists() {
+                continue;
+            }
+            for other in n.linked_netns(&node.netns, &own)? {
+                if net::delete_netns_file(&other)? {
+                    rep.pod_netns.push(other);
+                }
+            }
+        }
+        rep.mounts = procs::unmount_under(&root);
+        rep.netns = net::teardown(&plan, &mut n)?;
+        drop(n);
+        let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+        rep.cgroups = procs::remove_cgroups(&names);
+        let _ = std::fs::remove_dir_all(root.join("pids"));
+        let _ = std::fs::remove_file(root.join("state.json"));
+        Ok(rep)
+    })
+    .await?;
+    Ok(report)
+}
+
+/// `dari lab status`: prints and returns the text.
+pub async fn status(args: LabDirArgs) -> Result<String> {
+    let dirs = LabDirs { root: args.dir };
+    let Some(state) = read_state(&dirs)? else {
+        let s = format!("no lab in {}\n", dirs.root.display());
+        print!("{s}");
+        return Ok(s);
+    };
+    let alive: Vec<(String, i32)> = procs::pidfile_pids(&dirs.root);
+    let pid_of = |name: &str| alive.iter().find(|(n, _)| n == name).map(|(_, p)| format!("pid {p}")).unwrap_or_else(|| "not running".into());
+    let mut s = format!("lab in {} (hub {} {} {})\n", dirs.root.display(), state.plan.hub.netns, state.plan.hub.bridge, state.plan.hub.addr);
+    s.push_str(&format!("{:<24} {:<14} {:<16} {:<8} {}\n", "NODE", "ROLE", "IP", "NETNS", "AGENT"));
+    for n in &state.plan.nodes {
+        let role = match n.role {
+            plan::Role::ControlPlane => "control-plane",
+            plan::Role::Worker => "worker",
+        };
+        let ns = if netns_path(&n.netns).exists() { "ok" } else { "missing" };
+        s.push_str(&format!("{:<24} {:<14} {:<16} {:<8} {}\n", n.name, role, n.ip(), ns, pid_of(&format!("agent-{}", n.name))));
+    }
+    s.push_str(&format!("server: {}   forwarder https://{}: {}\n", pid_of("server"), state.api_listen, pid_of("forward")));
+    s.push_str(&format!("KUBECONFIG={}\n", dirs.kubeconfig().display()));
+    print!("{s}");
+    Ok(s)
+}
+
+/// `dari lab exec NODE -- CMD`: runs the command in the node's namespace with this terminal,
+/// returns its exit code.
+pub async fn exec(args: LabExecArgs) -> Result<i32> {
+    let dirs = LabDirs { root: args.dir.clone() };
+    let state = read_state(&dirs)?.ok_or_else(|| LabError::plan(format!("no lab in {}", dirs.root.display())))?;
+    let node = state.plan.node(&args.node).ok_or_else(|| {
+        let names: Vec<&str> = state.plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        LabError::plan(format!("no node {:?} in the lab (nodes: {})", args.node, names.join(", ")))
+    })?;
+    let spec = ProcSpec { name: "exec".into(), netns: Some(netns_path(&node.netns)), argv: args.cmd.clone(), env: vec![] };
+    let argv = procs::command_line(&spec);
+    let status = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("KUBECONFIG", dirs.kubeconfig())
+        .status()
+        .await
+        .map_err(|e| LabError::Process { what: "exec".into(), detail: argv.join(" "), source: Some(e) })?;
+    Ok(status.code().unwrap_or(128))
+}
+
+/// Runs a `dari lab` subcommand; returns the process exit code.
+pub async fn run(args: LabArgs) -> Result<i32> {
+    match args.cmd {
+        LabCmd::Up(a) => up(a).await.map(|_| 0),
+        LabCmd::Down(a) => down(a).await.map(|_| 0),
+        LabCmd::Status(a) => status(a).await.map(|_| 0),
+        LabCmd::Exec(a) => exec(a).await,
+        LabCmd::Images(a) => {
+            let out = a.out.clone();
+            let paths = blocking(move || crate::images::build_images(&out)).await?;
+            for p in paths {
+                println!("{}", p.display());
+            }
+            Ok(0)
+        }
+        LabCmd::Forward(a) => crate::forward::run(a).await.map(|_| 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_rewrite() {
+        let k = "apiVersion: v1\nclusters:\n- name: dari\n  cluster:\n    certificate-authority-data: X\n    server: https://172.31.0.10:6443\n";
+        assert_eq!(
+            rewrite_kubeconfig(k, "https://127.0.0.1:6443"),
+            "apiVersion: v1\nclusters:\n- name: dari\n  cluster:\n    certificate-authority-data: X\n    server: https://127.0.0.1:6443\n"
+        );
+    }
+
+    #[test]
+    fn default_node_names() {
+        assert_eq!(default_nodes(2), vec!["lab-control-plane", "lab-worker", "lab-worker2"]);
+    }
+
+    #[test]
+    fn clap_parses() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(subcommand)]
+            cmd: LabCmd,
+        }
+        let t = T::try_parse_from(["lab", "up", "--nodes", "myk8s-control-plane,myk8s-worker", "--backend", "host-gw"]).unwrap();
+        match t.cmd {
+            LabCmd::Up(u) => {
+                assert_eq!(u.nodes, vec!["myk8s-control-plane", "myk8s-worker"]);
+                assert_eq!(u.backend, "host-gw");
+            }
+            _ => panic!("not up"),
+        }
+        let t = T::try_parse_from(["lab", "exec", "w1", "--", "ip", "-br", "addr"]).unwrap();
+        match t.cmd {
+            LabCmd::Exec(e) => assert_eq!(e.cmd, vec!["ip", "-br", "addr"]),
+            _ => panic!("not exec"),
+        }
+    }
+}
