@@ -291,3 +291,51 @@ async fn list_paging_and_selectors() {
     let out = c.ok(&["delete", "cm", "-l", "parity=odd"]).await;
     assert_eq!(out.lines().count(), 3, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_wide_and_describe() {
+    let c = common::start().await;
+    let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"myk8s-worker","labels":{"kubernetes.io/hostname":"myk8s-worker"}},
+      "spec":{"podCIDR":"10.244.1.0/24","podCIDRs":["10.244.1.0/24"]},
+      "status":{"addresses":[{"type":"InternalIP","address":"172.31.0.11"},{"type":"Hostname","address":"myk8s-worker"}],
+        "capacity":{"cpu":"2","memory":"2Gi","pods":"110"},"allocatable":{"cpu":"2","memory":"2Gi","pods":"110"},
+        "conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"ready","lastHeartbeatTime":"2026-12-06T16:00:00Z","lastTransitionTime":"2026-12-06T16:00:00Z"}],
+        "nodeInfo":{"kubeletVersion":"v1.32.0+dari","osImage":"Debian GNU/Linux 12 (bookworm)","kernelVersion":"6.18.0","containerRuntimeVersion":"containerd://1.6.20","architecture":"amd64","operatingSystem":"linux","machineID":"","systemUUID":"","bootID":"","kubeProxyVersion":""}}}"#;
+    let out = c.kubectl_stdin(&["create", "-f", "-"], Some(node.into())).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wide = c.ok(&["get", "nodes", "-o", "wide"]).await;
+    let header: Vec<&str> = wide.lines().next().expect("header").split_whitespace().collect();
+    assert_eq!(&header[..7], ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP"]);
+    let row = wide.lines().nth(1).expect("row");
+    assert!(row.starts_with("myk8s-worker") && row.contains(" Ready ") && row.contains("172.31.0.11") && row.contains("containerd://1.6.20"), "{wide}");
+    let d = c.ok(&["describe", "node", "myk8s-worker"]).await;
+    assert!(d.contains("PodCIDR:") && d.contains("10.244.1.0/24") && d.contains("InternalIP:  172.31.0.11"), "{d}");
+    // the scheduler's write: binding a pod sets spec.nodeName once
+    c.ok(&["run", "p", "--image=nginx"]).await;
+    let binding = r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"apiVersion":"v1","kind":"Node","name":"myk8s-worker"}}"#;
+    let (code, _) = curl_admin(&c, "POST", "/api/v1/namespaces/default/pods/p/binding", binding);
+    assert_eq!(code, 201);
+    assert_eq!(c.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"]).await, "myk8s-worker");
+    let (code, body) = curl_admin(&c, "POST", "/api/v1/namespaces/default/pods/p/binding", binding);
+    assert_eq!(code, 409, "{body}");
+    // logs need the node agent, which this server does not have: a clear error, not a hang
+    let err = c.fails(&["logs", "p"]).await;
+    assert!(err.contains("node agent"), "{err}");
+}
+
+fn curl_admin(c: &common::Cluster, method: &str, path: &str, body: &str) -> (u16, String) {
+    let pki = c.dir.path().join("pki");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", method, "-H", "Content-Type: application/json", "--data", body, "--cacert"])
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .arg(format!("{}{}", c.url(), path))
+        .output()
+        .expect("curl runs");
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (b, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), b.to_string())
+}

@@ -16,7 +16,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn require_root_and_tools() {
     assert!(nix::unistd::geteuid().is_root(), "these tests need root (CI runs them as root)");
-    for t in ["ip", "nsenter", "ping", "nft"] {
+    for t in ["ip", "nsenter", "unshare", "ping", "nft"] {
         let ok = Command::new("sh").arg("-c").arg(format!("command -v {t}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
         assert!(ok, "`{t}` missing: apt-get install iproute2 util-linux iputils-ping nftables");
     }
@@ -211,9 +211,14 @@ fn cnitool() -> PathBuf {
     out
 }
 
-fn cnitool_run(node: &Netns, confdir: &Path, cni_path: &str, op: &str, net: &str, pod: &Netns) -> Result<String> {
-    let o = Command::new("nsenter")
-        .arg(format!("--net={}", node.path()))
+/// Runs cnitool in the node netns. libcni caches results under /var/lib/cni: the run gets a
+/// private mount namespace where `cache` is bind-mounted over /var/lib, so nothing is written
+/// to the host's /var/lib/cni, whether the test passes or not (`cache` is a TempDir).
+fn cnitool_run(node: &Netns, cache: &Path, confdir: &Path, cni_path: &str, op: &str, net: &str, pod: &Netns) -> Result<String> {
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" /var/lib && exec nsenter --net="$1" "$2" "$3" "$4" "$5""#])
+        .arg(cache)
+        .arg(node.path())
         .arg(cnitool())
         .args([op, net, &pod.path()])
         // cnitool's default ID is a 40-char prefix of the hex netns path: the same for all our pods
@@ -235,6 +240,7 @@ fn libcni_cnitool_conflists() -> Result<()> {
     let (p1, p2, p3) = (Netns::new("p1"), Netns::new("p2"), Netns::new("p3"));
     let data = tempfile::tempdir()?;
     let confdir = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
     let bins = plugin_dir();
     let cni_path = format!("{}:/usr/lib/cni", bins.path().display());
     let ours = format!(
@@ -253,22 +259,24 @@ fn libcni_cnitool_conflists() -> Result<()> {
     );
     std::fs::write(confdir.path().join("10-ours.conflist"), ours)?;
     std::fs::write(confdir.path().join("20-mixed.conflist"), mixed)?;
-    let r1: Value = serde_json::from_str(&cnitool_run(&node, confdir.path(), &cni_path, "add", "ours", &p1)?)?;
-    let r2: Value = serde_json::from_str(&cnitool_run(&node, confdir.path(), &cni_path, "add", "ours", &p2)?)?;
-    let r3: Value = serde_json::from_str(&cnitool_run(&node, confdir.path(), &cni_path, "add", "mixed", &p3)?)?;
+    let r1: Value = serde_json::from_str(&cnitool_run(&node, cache.path(), confdir.path(), &cni_path, "add", "ours", &p1)?)?;
+    let r2: Value = serde_json::from_str(&cnitool_run(&node, cache.path(), confdir.path(), &cni_path, "add", "ours", &p2)?)?;
+    let r3: Value = serde_json::from_str(&cnitool_run(&node, cache.path(), confdir.path(), &cni_path, "add", "mixed", &p3)?)?;
     let (i1, i2, i3) = (pod_ip(&r1), pod_ip(&r2), pod_ip(&r3));
     assert_eq!(i3, "10.93.0.100");
     assert!(ping(&p1, &i2) && ping(&p2, &i1) && ping(&p1, &i3), "pods on dbr1 cannot ping each other");
-    cnitool_run(&node, confdir.path(), &cni_path, "check", "ours", &p1)?;
-    cnitool_run(&node, confdir.path(), &cni_path, "check", "mixed", &p3)?;
+    cnitool_run(&node, cache.path(), confdir.path(), &cni_path, "check", "ours", &p1)?;
+    cnitool_run(&node, cache.path(), confdir.path(), &cni_path, "check", "mixed", &p3)?;
     for (net, p) in [("ours", &p1), ("ours", &p2), ("mixed", &p3)] {
-        cnitool_run(&node, confdir.path(), &cni_path, "del", net, p)?;
-        cnitool_run(&node, confdir.path(), &cni_path, "del", net, p)?;
+        cnitool_run(&node, cache.path(), confdir.path(), &cni_path, "del", net, p)?;
+        cnitool_run(&node, cache.path(), confdir.path(), &cni_path, "del", net, p)?;
     }
     assert!(reservations(&data.path().join("ours")).is_empty());
     assert!(reservations(&data.path().join("mixed")).is_empty());
     assert_eq!(veths(&node), 0);
     assert_eq!(nft_rules(&node), 0);
+    let cached: Vec<_> = std::fs::read_dir(cache.path().join("cni/results"))?.flatten().map(|e| e.file_name()).collect();
+    assert!(cached.is_empty(), "libcni cache not emptied by DEL: {cached:?}");
     Ok(())
 }
 
@@ -393,4 +401,94 @@ fn gc_releases_everything_not_valid() {
     assert_eq!(nft_rules(&node), 1);
     let (rc, out, _) = call.run("STATUS", "", "", &v.to_string());
     assert_eq!(rc, 0, "{out}");
+}
+
+#[test]
+fn results_in_each_cni_version_and_check_needs_0_4_0() {
+    require_root_and_tools();
+    let node = Netns::new("node");
+    let data = tempfile::tempdir().expect("tmp");
+    let bins = plugin_dir();
+    let call = Call { node: &node, plugin: bins.path().join("dari-bridge"), cni_path: bins.path().display().to_string() };
+    let base: Value = serde_json::from_str(&bridge_conf("t7", data.path(), "dari-host-local", "10.97.0.0/24", "")).expect("json");
+    for (i, ver) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
+        let pod = Netns::new(&format!("v{i}"));
+        let mut conf = base.clone();
+        conf["cniVersion"] = ver.into();
+        let conf = conf.to_string();
+        let cid = format!("ver-{i}");
+        let r = call.ok("ADD", &cid, &pod.path(), &conf);
+        assert_eq!(r["cniVersion"], ver, "{r}");
+        assert_eq!(r["interfaces"][2]["name"], "eth0", "{r}");
+        assert_eq!(r["interfaces"][2]["sandbox"], pod.path(), "{r}");
+        assert_eq!(r["ips"][0]["interface"], 2, "{r}");
+        assert_eq!(r["ips"][0]["gateway"], "10.97.0.1", "{r}");
+        assert_eq!(r["ips"][0].get("version").is_some(), ver == "0.4.0", "ips[].version only before 1.0.0: {r}");
+        assert_eq!(r["interfaces"][2].get("mtu").and_then(Value::as_u64), (ver == "1.1.0").then_some(1400), "interfaces[].mtu only from 1.1.0: {r}");
+        assert!(r["routes"].as_array().expect("routes").iter().any(|x| x["dst"] == "0.0.0.0/0"), "{r}");
+        let mut chk: Value = serde_json::from_str(&conf).expect("json");
+        chk["prevResult"] = r;
+        call.ok("CHECK", &cid, &pod.path(), &chk.to_string());
+        call.ok("DEL", &cid, &pod.path(), &conf);
+    }
+    // CHECK does not exist before 0.4.0: incompatible version (code 1)
+    let pod = Netns::new("v3");
+    let mut old = base.clone();
+    old["cniVersion"] = "0.3.1".into();
+    let r = call.ok("ADD", "ver-old", &pod.path(), &old.to_string());
+    assert_eq!(r["cniVersion"], "0.3.1");
+    old["prevResult"] = r;
+    let (rc, out, _) = call.run("CHECK", "ver-old", &pod.path(), &old.to_string());
+    assert_eq!(rc, 1);
+    let e: Value = serde_json::from_str(&out).expect("error JSON");
+    assert_eq!(e["code"], 1, "{e}");
+    call.ok("DEL", "ver-old", &pod.path(), &base.to_string());
+    assert!(reservations(&data.path().join("t7")).is_empty());
+    assert_eq!(nft_rules(&node), 0);
+}
+
+#[test]
+fn gc_of_one_network_spares_the_other_and_handles_reference_host_local() {
+    require_root_and_tools();
+    let node = Netns::new("node");
+    let (a, b) = (Netns::new("na"), Netns::new("nb"));
+    let data = tempfile::tempdir().expect("tmp");
+    let bins = plugin_dir();
+    let call = Call { node: &node, plugin: bins.path().join("dari-bridge"), cni_path: format!("{}:/usr/lib/cni", bins.path().display()) };
+    let n1 = bridge_conf("n1", data.path(), "dari-host-local", "10.97.10.0/24", "");
+    let mut n2: Value = serde_json::from_str(&bridge_conf("n2", data.path(), "host-local", "10.97.20.0/24", "")).expect("json");
+    n2["bridge"] = "dbr2".into();
+    let n2 = n2.to_string();
+    let ra = call.ok("ADD", "same-id", &a.path(), &n1);
+    call.ok("ADD", "same-id", &b.path(), &n2);
+    assert_eq!(nft_rules(&node), 2);
+    let gc = |conf: &str, valid: Value, ver: &str| {
+        let mut v: Value = serde_json::from_str(conf).expect("json");
+        v["cniVersion"] = ver.into();
+        v["cni.dev/valid-attachments"] = valid;
+        call.run("GC", "", "", &v.to_string())
+    };
+    // GC and STATUS need cniVersion 1.1.0
+    let (rc, out, _) = gc(&n2, serde_json::json!([]), "1.0.0");
+    assert_eq!(rc, 1);
+    assert!(out.contains("\"code\":1"), "{out}");
+    // n2 has no valid attachment: its reservation (written by the reference host-local) and its
+    // masquerade rule go; n1's rule for the same container ID and ifname stays
+    let (rc, out, err) = gc(&n2, serde_json::json!([]), "1.1.0");
+    assert_eq!(rc, 0, "{out} {err}");
+    assert!(reservations(&data.path().join("n2")).is_empty(), "reference host-local reservation not collected");
+    assert_eq!(reservations(&data.path().join("n1")), vec![pod_ip(&ra)]);
+    assert_eq!(nft_rules(&node), 1, "GC of n2 must not touch n1's rules");
+    let (rc, out, err) = gc(&n1, serde_json::json!([{"containerID": "same-id", "ifname": "eth0"}]), "1.1.0");
+    assert_eq!(rc, 0, "{out} {err}");
+    assert_eq!(reservations(&data.path().join("n1")), vec![pod_ip(&ra)]);
+    assert_eq!(nft_rules(&node), 1);
+    let mut st: Value = serde_json::from_str(&n2).expect("json");
+    st["cniVersion"] = "1.1.0".into();
+    let (rc, out, _) = call.run("STATUS", "", "", &st.to_string());
+    assert_eq!(rc, 0, "{out}");
+    call.ok("DEL", "same-id", &a.path(), &n1);
+    call.ok("DEL", "same-id", &b.path(), &n2);
+    assert_eq!(nft_rules(&node), 0);
+    assert!(reservations(&data.path().join("n1")).is_empty());
 }

@@ -128,7 +128,15 @@ pub fn pidfile_pids(dir: &Path) -> Vec<(String, i32)> {
         let mut lines = text.lines();
         let Some(pid) = lines.next().and_then(|l| l.trim().parse::<i32>().ok()) else { continue };
         let program = lines.next().unwrap_or_default().trim().to_string();
-        let cmd = proc_cmdline(pid);
+        // A process in the middle of exec shows an empty cmdline for a moment.
+        let mut cmd = proc_cmdline(pid);
+        for _ in 0..20 {
+            if !cmd.is_empty() || !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            cmd = proc_cmdline(pid);
+        }
         let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
         if !program.is_empty() && cmd.iter().take(4).any(|a| base(a) == base(&program)) && !is_zombie(pid) {
             out.push((name, pid));
@@ -306,7 +314,6 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = ProcSpec { name: "sleeper".into(), netns: None, argv: vec!["sleep".into(), "300".into()], env: vec![] };
         let pid = spawn(&s, d.path()).unwrap() as i32;
-        eprintln!("cmdline {:?} pidfile {:?} zombie {}", proc_cmdline(pid), std::fs::read_to_string(d.path().join("pids/sleeper.pid")), is_zombie(pid));
         assert_eq!(pidfile_pids(d.path()), vec![("sleeper".to_string(), pid)]);
         let found = lab_processes(&[], d.path());
         assert_eq!(found, vec![pid]);

@@ -57,7 +57,9 @@ pub struct Node {
 impl Node {
     pub async fn start(tag: &str) -> Node {
         require_tools();
-        let dir = tempfile::Builder::new().prefix("dari-agent-test").tempdir_in("/var/tmp").expect("tempdir");
+        let mut dir = tempfile::Builder::new().prefix("dari-agent-test").tempdir_in("/var/tmp").expect("tempdir");
+        // DARI_AGENT_TEST_KEEP=1 keeps the node directory (containerd.log) for debugging
+        dir.disable_cleanup(std::env::var_os("DARI_AGENT_TEST_KEEP").is_some());
         let netns = NetNs::new(tag);
         let cni_conf_dir = dir.path().join("cni/net.d");
         let cni_bin_dir = PathBuf::from("/usr/lib/cni");

@@ -29,7 +29,7 @@ CASES = [
     ("ingress", ["create", "ingress", "i", "--rule=a.com/=svc:80"]),
     ("deployment-zero", ["create", "deployment", "z", "--image=busybox", "--replicas=0", "--", "sleep", "3600"]),
     ("cronjob", ["create", "cronjob", "c", "--image=busybox", "--schedule=*/5 * * * *", "--", "date"]),
-    ("secret-tls", ["create", "secret", "generic", "bin", "--from-literal=empty=", "--type=Opaque"]),
+    ("secret-empty-value", ["create", "secret", "generic", "bin", "--from-literal=empty=", "--type=Opaque"]),
     ("role", ["create", "role", "r", "--verb=get,list", "--resource=pods", "--resource-name=a"]),
     ("clusterrolebinding", ["create", "clusterrolebinding", "crb", "--clusterrole=view", "--user=u", "--serviceaccount=default:sa"]),
     ("serviceaccount", ["create", "serviceaccount", "sa"]),
