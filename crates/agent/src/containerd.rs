@@ -33,6 +33,8 @@ pub struct ContainerdConfig {
     pub sandbox_image: String,
     /// Network namespace to run containerd in (`/var/run/netns/NODE`), if any.
     pub netns: Option<PathBuf>,
+    /// runc binary (CRI runc option `BinaryName`); None = `runc` on PATH.
+    pub runc_binary: Option<PathBuf>,
 }
 
 impl ContainerdConfig {
@@ -48,6 +50,7 @@ impl ContainerdConfig {
             cni_conf_dir: cni_conf_dir.to_path_buf(),
             sandbox_image: sandbox_image.into(),
             netns,
+            runc_binary: None,
         }
     }
 }
@@ -73,7 +76,9 @@ fn toml_str(s: &str) -> String {
 ///
 /// Notable choices: the CRI stream server listens on 127.0.0.1 with a random port (the default
 /// 10010 would collide between nodes); the unused snapshotters are disabled (devmapper reports
-/// an error otherwise); `max_conf_num = 1` so only the agent's conflist is used.
+/// an error otherwise); `max_conf_num = 1` so only the agent's conflist is used;
+/// `restrict_oom_score_adj = true` because this host (a container) forbids lowering
+/// oom_score_adj, and the sandbox's -998 made runc fail with "can't get final child's PID".
 pub fn render_config(c: &ContainerdConfig) -> String {
     let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
     format!(
@@ -106,7 +111,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.devmapper", "io.containerd.sna
     stream_server_port = "0"
     enable_selinux = false
     disable_apparmor = true
-    restrict_oom_score_adj = false
+    restrict_oom_score_adj = true
     max_container_log_line_size = 16384
 
     [{cri}.containerd]
@@ -118,7 +123,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.devmapper", "io.containerd.sna
 
         [{cri}.containerd.runtimes.runc.options]
           Root = {runc_root}
-          SystemdCgroup = false
+          SystemdCgroup = false{binary}
 
     [{cri}.cni]
       bin_dir = {cni_bin}
@@ -132,6 +137,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.devmapper", "io.containerd.sna
         opt = q(&c.root.join("opt")),
         sandbox = toml_str(&c.sandbox_image),
         runc_root = q(&c.runc_root),
+        binary = c.runc_binary.as_deref().map(|b| format!("\n          BinaryName = {}", q(b))).unwrap_or_default(),
         cni_bin = q(&c.cni_bin_dir),
         cni_conf = q(&c.cni_conf_dir),
     )

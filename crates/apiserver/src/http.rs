@@ -38,6 +38,12 @@ pub struct Http {
     pub advertise: String,
     /// Bookmark interval for watches.
     pub bookmark_interval: Duration,
+    /// The cluster PKI (join endpoint, kubelet client).
+    pub pki: Arc<dari_pki::Pki>,
+    /// The secret half of the node join token (`<ca hash>::<secret>`).
+    pub join_secret: String,
+    /// TLS client config for calls to node agents (client cert CN=kube-apiserver-kubelet-client).
+    pub kubelet_tls: Arc<rustls::ClientConfig>,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -98,7 +104,7 @@ fn pct_decode(s: &str) -> String {
 
 /// Parsed query string.
 #[derive(Default, Debug)]
-pub struct Query(Vec<(String, String)>);
+pub struct Query(pub(crate) Vec<(String, String)>);
 
 impl Query {
     /// Parses `a=b&c=d`.
@@ -223,6 +229,15 @@ impl Http {
         if path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/") {
             return Ok(text(200, "ok"));
         }
+        if path == "/cacerts" {
+            // the CA itself is public; agents check it against the hash in their join token
+            return Ok(text(200, self.pki.ca_pem()));
+        }
+        if path == crate::join::JOIN_PATH && req.method() == Method::POST {
+            let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let body = read_body(req).await?;
+            return crate::join::issue(&self.pki, &self.join_secret, &auth, &body).map(|v| json_response(200, &v, &[]));
+        }
         let Some(user) = user else { return Err(ApiError::unauthorized()) };
         let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let method = req.method().clone();
@@ -290,7 +305,11 @@ impl Http {
         let ns = rr.namespace.as_deref();
         match (verb, rr.subresource.as_deref()) {
             ("get", Some("scale")) => Ok(json_response(200, &self.api.scale(r, ns, rr.name.as_deref().unwrap_or("")).await?, &[])),
-            ("get", Some("log")) | ("create", Some("exec")) | ("get", Some("exec")) | ("create", Some("attach")) | ("get", Some("attach")) | ("create", Some("portforward")) | ("get", Some("portforward")) => {
+            ("get", Some("log")) => {
+                let pod = self.api.get(r, ns, rr.name.as_deref().unwrap_or("")).await?;
+                crate::nodeproxy::logs(&self.api, &self.kubelet_tls, &pod, &query).await
+            }
+            ("create", Some("exec")) | ("get", Some("exec")) | ("create", Some("attach")) | ("get", Some("attach")) | ("create", Some("portforward")) | ("get", Some("portforward")) => {
                 let pod = self.api.get(r, ns, rr.name.as_deref().unwrap_or("")).await?;
                 match pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                     None => Err(ApiError::bad_request(format!("pod {} does not have a host assigned", rr.name.unwrap_or_default()))),

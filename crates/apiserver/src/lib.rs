@@ -13,6 +13,8 @@ pub mod bootstrap;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod join;
+pub mod nodeproxy;
 pub mod object;
 pub mod request;
 pub mod rest;
@@ -173,13 +175,20 @@ pub async fn start(args: ServerArgs) -> Result<RunningServer, ServerError> {
     let server_url = format!("https://{}", SocketAddr::new(connect_host, addr.port()));
     let admin_kubeconfig = dir.join("admin.kubeconfig");
     pki.write_admin_kubeconfig(&admin_kubeconfig, &server_url).map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
-    write_node_token(&dir, &pki)?;
+    let join_secret = write_node_token(&dir, &pki)?;
+    let (kc_cert, kc_key) = pki
+        .issue_client_cert("kube-apiserver-kubelet-client", &["system:masters"], 365)
+        .map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
+    let kubelet_tls = pki.client_config(&kc_cert, &kc_key).map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
     let tls = pki.server_config().map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
     let http = Arc::new(http::Http {
         api: api.clone(),
         authorizer: Arc::new(auth::AllowAuthenticated),
         advertise: SocketAddr::new(advertise, addr.port()).to_string(),
         bookmark_interval: Duration::from_secs(args.bookmark_interval_seconds.max(1)),
+        pki: pki.clone(),
+        join_secret,
+        kubelet_tls,
     });
     let mut tasks = Vec::new();
     tasks.push(dari_store::spawn_auto_compactor(store.clone(), 10_000, Duration::from_secs(300)));
@@ -189,11 +198,14 @@ pub async fn start(args: ServerArgs) -> Result<RunningServer, ServerError> {
     Ok(RunningServer { addr, admin_kubeconfig, api, pki, tasks })
 }
 
-fn write_node_token(dir: &std::path::Path, pki: &dari_pki::Pki) -> Result<(), ServerError> {
+/// Writes `DIR/node-token` on first start; returns its secret half.
+fn write_node_token(dir: &std::path::Path, pki: &dari_pki::Pki) -> Result<String, ServerError> {
     use rand::Rng;
     let path = dir.join("node-token");
-    if path.exists() {
-        return Ok(());
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if let Some((_, secret)) = existing.trim().split_once("::") {
+            return Ok(secret.to_string());
+        }
     }
     let secret: String = rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect();
     let token = format!("{}::{}\n", pki.ca_hash(), secret);
@@ -203,7 +215,7 @@ fn write_node_token(dir: &std::path::Path, pki: &dari_pki::Pki) -> Result<(), Se
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     }
-    Ok(())
+    Ok(secret)
 }
 
 async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, http: Arc<http::Http>) {

@@ -297,7 +297,7 @@ async fn nodes_wide_and_describe() {
     let c = common::start().await;
     let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"myk8s-worker","labels":{"kubernetes.io/hostname":"myk8s-worker"}},
       "spec":{"podCIDR":"10.244.1.0/24","podCIDRs":["10.244.1.0/24"]},
-      "status":{"addresses":[{"type":"InternalIP","address":"172.31.0.11"},{"type":"Hostname","address":"myk8s-worker"}],
+      "status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"},{"type":"Hostname","address":"myk8s-worker"}],
         "capacity":{"cpu":"2","memory":"2Gi","pods":"110"},"allocatable":{"cpu":"2","memory":"2Gi","pods":"110"},
         "conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"ready","lastHeartbeatTime":"2026-12-06T16:00:00Z","lastTransitionTime":"2026-12-06T16:00:00Z"}],
         "nodeInfo":{"kubeletVersion":"v1.32.0+dari","osImage":"Debian GNU/Linux 12 (bookworm)","kernelVersion":"6.18.0","containerRuntimeVersion":"containerd://1.6.20","architecture":"amd64","operatingSystem":"linux","machineID":"","systemUUID":"","bootID":"","kubeProxyVersion":""}}}"#;
@@ -307,9 +307,9 @@ async fn nodes_wide_and_describe() {
     let header: Vec<&str> = wide.lines().next().expect("header").split_whitespace().collect();
     assert_eq!(&header[..7], ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP"]);
     let row = wide.lines().nth(1).expect("row");
-    assert!(row.starts_with("myk8s-worker") && row.contains(" Ready ") && row.contains("172.31.0.11") && row.contains("containerd://1.6.20"), "{wide}");
+    assert!(row.starts_with("myk8s-worker") && row.contains(" Ready ") && row.contains("127.0.0.1") && row.contains("containerd://1.6.20"), "{wide}");
     let d = c.ok(&["describe", "node", "myk8s-worker"]).await;
-    assert!(d.contains("PodCIDR:") && d.contains("10.244.1.0/24") && d.contains("InternalIP:  172.31.0.11"), "{d}");
+    assert!(d.contains("PodCIDR:") && d.contains("10.244.1.0/24") && d.contains("InternalIP:  127.0.0.1"), "{d}");
     // the scheduler's write: binding a pod sets spec.nodeName once
     c.ok(&["run", "p", "--image=nginx"]).await;
     let binding = r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"apiVersion":"v1","kind":"Node","name":"myk8s-worker"}}"#;
@@ -318,9 +318,37 @@ async fn nodes_wide_and_describe() {
     assert_eq!(c.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"]).await, "myk8s-worker");
     let (code, body) = curl_admin(&c, "POST", "/api/v1/namespaces/default/pods/p/binding", binding);
     assert_eq!(code, 409, "{body}");
-    // logs need the node agent, which this server does not have: a clear error, not a hang
+    // nothing listens on the node's kubelet port yet: a clear error, not a hang
     let err = c.fails(&["logs", "p"]).await;
     assert!(err.contains("node agent"), "{err}");
+    // a stand-in kubelet on 127.0.0.1 with a CA-signed serving certificate: logs are proxied to it
+    let (cert, key) = c.server.pki.issue_serving_cert("myk8s-worker", &["127.0.0.1"]).expect("serving cert");
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes()).map(|c| c.expect("cert")).collect();
+    let key = rustls_pemfile::private_key(&mut key.as_bytes()).expect("key").expect("a key");
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions().expect("tls").with_no_client_auth().with_single_cert(certs, key).expect("server cfg");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let kubelet = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut tls = acceptor.accept(tcp).await.expect("tls accept");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await.expect("read");
+        let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let body = "hello from the container\n";
+        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        tokio::io::AsyncWriteExt::write_all(&mut tls, resp.as_bytes()).await.expect("write");
+        tokio::io::AsyncWriteExt::shutdown(&mut tls).await.ok();
+        req
+    });
+    let patch = format!(r#"{{"status":{{"daemonEndpoints":{{"kubeletEndpoint":{{"Port":{port}}}}}}}}}"#);
+    c.ok(&["patch", "node", "myk8s-worker", "--subresource=status", "--type=merge", "-p", &patch]).await;
+    let logs = c.ok(&["logs", "p", "--tail=5"]).await;
+    assert_eq!(logs, "hello from the container\n");
+    let req = kubelet.await.expect("kubelet");
+    assert!(req.starts_with("GET /containerLogs/default/p/p?tailLines=5 "), "{req}");
 }
 
 fn curl_admin(c: &common::Cluster, method: &str, path: &str, body: &str) -> (u16, String) {

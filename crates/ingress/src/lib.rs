@@ -12,6 +12,7 @@
 
 pub mod annotations;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod table;
 pub mod tls;
@@ -20,6 +21,7 @@ pub mod proxy;
 
 pub use annotations::BackendProtocol;
 pub use config::IngressConfig;
+pub use controller::{run, IngressArgs, IngressRunConfig};
 pub use error::IngressError;
 pub use table::{build, route, Backend, Issue, IssueKind, ObjectKey, PathMatch, Route, RouteMatch, RouteTable};
 

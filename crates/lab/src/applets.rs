@@ -17,7 +17,7 @@
 //! curl -s POD:8080/x     # Request served by echo-abc\n\nHTTP/1.1 GET /x\n\nHost: ...
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 /// A parsed HTTP/1 request head plus body.
@@ -260,6 +260,7 @@ pub fn applet_main(argv: &[String]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn req() -> Request {
         let raw = b"GET /x?y=1 HTTP/1.1\r\nHost: a.com\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n";

@@ -35,7 +35,7 @@ pub enum ProxyError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A watch stream of the named resource ended with an error.
+    /// A watch stream (or a one-off list) of the named resource failed.
     #[error("watching {resource}")]
     Watch {
         /// `services`, `endpointslices` or `nodes`.

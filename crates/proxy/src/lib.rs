@@ -25,6 +25,6 @@ pub use config::{NodeFacts, ProxyConfig};
 pub use error::ProxyError;
 pub use nft::{Family, Ruleset};
 pub use render::render;
-pub use server::{run, ProxyArgs, ProxyRunConfig};
+pub use server::{run, show_from_api, ProxyArgs, ProxyRunConfig, ProxyServer};
 pub use show::show;
 pub use sync::Syncer;

@@ -259,3 +259,23 @@ impl ProxyServer {
         }
     }
 }
+
+/// `dari proxy show [NAMESPACE/NAME]`: lists Services, EndpointSlices and this Node once, renders
+/// what this node's proxy would apply, and describes the Service (all of `namespace` when
+/// `name` is None) with [`crate::show::show`].
+pub async fn show_from_api(cfg: &ProxyRunConfig, namespace: &str, name: Option<&str>) -> Result<String, ProxyError> {
+    use kube::api::ListParams;
+    let client = client_from(cfg.kubeconfig.as_deref()).await?;
+    let lp = ListParams::default();
+    let list_err = |resource: &'static str| move |e: kube::Error| ProxyError::Watch { resource, source: Box::new(e) };
+    let services = Api::<Service>::all(client.clone()).list(&lp).await.map_err(list_err("services"))?.items;
+    let slices = Api::<EndpointSlice>::all(client.clone()).list(&lp).await.map_err(list_err("endpointslices"))?.items;
+    let node = Api::<Node>::all(client)
+        .get_opt(&cfg.node_name)
+        .await
+        .map_err(list_err("nodes"))?
+        .map(|n| NodeFacts::from_node(&n))
+        .unwrap_or_else(|| NodeFacts { name: cfg.node_name.clone(), addresses: Vec::new() });
+    let rs = render(&services, &slices, &node, &cfg.proxy);
+    Ok(crate::show::show(&rs, namespace, name))
+}

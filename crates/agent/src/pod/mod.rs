@@ -4,3 +4,5 @@
 
 pub mod status;
 pub mod translate;
+pub mod volumes;
+pub mod worker;

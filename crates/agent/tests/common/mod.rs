@@ -65,6 +65,8 @@ impl Node {
         let cni_bin_dir = PathBuf::from("/usr/lib/cni");
         std::fs::create_dir_all(&cni_conf_dir).expect("cni conf dir");
         let cfg = ContainerdConfig::under(dir.path(), &cni_bin_dir, &cni_conf_dir, image::PAUSE_IMAGE, Some(netns.path.clone()));
+        let mut cfg = cfg;
+        cfg.runc_binary = std::env::var_os("DARI_AGENT_TEST_RUNC").map(PathBuf::from);
         let c = Containerd::start(cfg, Duration::from_secs(30)).await.expect("containerd starts");
         image::ensure_builtin_images(&c.config.socket, &dir.path().join("images")).await.expect("images import");
         Node { dir, netns, containerd: Some(c), cni_conf_dir, cni_bin_dir }

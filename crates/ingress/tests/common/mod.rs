@@ -77,3 +77,22 @@ pub fn self_signed(hosts: &[&str]) -> (String, String) {
         .expect("rcgen");
     (ck.cert.pem(), ck.signing_key.serialize_pem())
 }
+
+/// One EndpointSlice per address (ports differ on loopback), all ready, port named `http`.
+pub fn slices_for(name: &str, addrs: &[std::net::SocketAddr]) -> Vec<EndpointSlice> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            serde_json::from_value(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-{i}"), "namespace": "default",
+                              "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": a.port(), "protocol": "TCP"}],
+                "endpoints": [{"addresses": [a.ip().to_string()], "conditions": {"ready": true}}]
+            }))
+            .expect("slice")
+        })
+        .collect()
+}
