@@ -125,7 +125,7 @@ impl AgentConfig {
     pub fn from_args(a: AgentArgs) -> Result<AgentConfig> {
         let node_name = match a.node_name {
             Some(n) => n,
-            None => nix::unistd::gethostname().map_err(|e| AgentError::Config(format!("no --node-name and gethostname failed: {e}")))?.to_string_lossy().to_lowercase(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(|e| AgentError::Config(format!("no --node-name and the host name is unreadable: {e}")))?.trim().to_lowercase(),
         };
         let node_ip = a.node_ip.unwrap_or_else(default_ip);
         Ok(AgentConfig {
@@ -161,6 +161,7 @@ fn default_ip() -> IpAddr {
 
 /// Builds the API client from the kubeconfig (and `--server`).
 pub async fn client(kubeconfig: &Path, server: Option<&str>) -> Result<Client> {
+    #[allow(deprecated)]
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|source| AgentError::Kubeconfig { path: kubeconfig.into(), source })?;
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())

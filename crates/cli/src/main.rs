@@ -16,6 +16,8 @@ enum Cmd {
     Server(dari_apiserver::ServerArgs),
     /// Run the cluster DNS (Kubernetes DNS spec, forward and cache) against an API server.
     Dns(dari_dns::config::DnsArgs),
+    /// Run the nftables service proxy (ClusterIP, NodePort, session affinity) for one node.
+    Proxy(dari_proxy::ProxyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,10 +30,31 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Server(args) => {
+                let cluster_cidr = args.cluster_cidr;
                 let server = dari_apiserver::start(args).await?;
+                // the controller-manager's and scheduler's jobs, in-process, through the API like any client
+                let kubeconfig = kube::config::Kubeconfig::read_from(&server.admin_kubeconfig)?;
+                let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+                let client = kube::Client::try_from(config)?;
+                let ccfg = dari_controllers::ControllersConfig { cluster_cidr, ..Default::default() };
+                let c2 = client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = dari_controllers::run(c2, ccfg).await {
+                        tracing::error!(error = %e, "controllers stopped");
+                    }
+                });
+                tokio::spawn(async move {
+                    if let Err(e) = dari_scheduler::run(client, dari_scheduler::SchedulerConfig::default()).await {
+                        tracing::error!(error = %e, "scheduler stopped");
+                    }
+                });
                 eprintln!("dari server listening on https://{}", server.addr);
                 eprintln!("export KUBECONFIG={}", server.admin_kubeconfig.display());
                 server.wait().await;
+                Ok(())
+            }
+            Cmd::Proxy(args) => {
+                dari_proxy::run(dari_proxy::ProxyRunConfig::from(args)).await?;
                 Ok(())
             }
             Cmd::Dns(args) => {

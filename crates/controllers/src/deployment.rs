@@ -73,6 +73,9 @@ fn strip_hash(t: &PodTemplateSpec) -> PodTemplateSpec {
             }
         }
     }
+    if t.metadata.as_ref().is_some_and(|m| *m == ObjectMeta::default()) {
+        t.metadata = None;
+    }
     t
 }
 

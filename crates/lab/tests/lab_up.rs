@@ -55,7 +55,7 @@ fn up_status_exec_down() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let info = rt.block_on(lab::up(args));
-    let result = std::panic::catch_unwind(|| {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let info = info.as_ref().unwrap_or_else(|e| panic!("lab up: {e:?}"));
         let kc = info.kubeconfig.clone().unwrap();
         let text = std::fs::read_to_string(&kc).unwrap();
@@ -68,7 +68,7 @@ fn up_status_exec_down() {
         assert!(s.contains("cp") && s.contains("w1") && !s.contains("not running"), "{s}");
         let code = rt.block_on(lab::exec(LabExecArgs { dir: dir.clone(), node: "w1".into(), cmd: vec!["ping".into(), "-c1".into(), "-W2".into(), "172.31.0.10".into()] })).unwrap();
         assert_eq!(code, 0, "w1 pings the control plane");
-    });
+    }));
     let r1 = rt.block_on(lab::down(LabDirArgs { dir: dir.clone() })).unwrap();
     let r2 = rt.block_on(lab::down(LabDirArgs { dir: dir.clone() })).unwrap();
     if let Err(e) = result {

@@ -1,0 +1,55 @@
+//! The dari ingress proxy with a synthetic route table, for benchmarks:
+//! `bench_ingress LISTEN RULES UPSTREAM...` (e.g. `127.0.0.1:18080 2000 127.0.0.1:18081 127.0.0.1:18082`).
+//! Host `a.com` routes `/` to a Service whose endpoints are the upstreams; RULES-1 more Ingresses
+//! (`h{i}.example.com`, each with `/` and `/api/v{i}`) route to the same Service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dari_ingress::proxy::{ProxyOptions, ProxyServer};
+use dari_ingress::{build, IngressConfig};
+use serde_json::json;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let listen: SocketAddr = args.first().map(String::as_str).unwrap_or("127.0.0.1:18080").parse()?;
+    let rules: usize = args.get(1).map(String::as_str).unwrap_or("1").parse()?;
+    let ups: Vec<SocketAddr> = args.iter().skip(2).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let svc = serde_json::from_value(json!({"metadata": {"name": "up", "namespace": "default"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))?;
+    let slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice> = ups
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            serde_json::from_value(json!({"metadata": {"name": format!("up-{i}"), "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "up"}}, "addressType": "IPv4",
+                "ports": [{"name": "http", "port": a.port()}],
+                "endpoints": [{"addresses": [a.ip().to_string()], "conditions": {"ready": true}}]}))
+        })
+        .collect::<Result<_, _>>()?;
+    let mk = |name: String, host: String, paths: Vec<String>| -> serde_json::Result<k8s_openapi::api::networking::v1::Ingress> {
+        let paths: Vec<_> = paths
+            .iter()
+            .map(|p| json!({"path": p, "pathType": "Prefix", "backend": {"service": {"name": "up", "port": {"number": 80}}}}))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"},
+            "spec": {"ingressClassName": "dari", "rules": [{"host": host, "http": {"paths": paths}}]}}))
+    };
+    let mut ings = vec![mk("a".into(), "a.com".into(), vec!["/".into()])?];
+    for i in 1..rules {
+        ings.push(mk(format!("r{i}"), format!("h{i}.example.com"), vec!["/".into(), format!("/api/v{i}")])?);
+    }
+    let t0 = std::time::Instant::now();
+    let table = build(&ings, &[svc], &slices, &[], &[], &IngressConfig::default());
+    eprintln!("built {} routes from {} ingresses in {:?}", table.route_count(), ings.len(), t0.elapsed());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let shared = Arc::new(ArcSwap::from_pointee(table));
+        let opts = ProxyOptions { http: vec![listen], https: vec![], ..ProxyOptions::default() };
+        let server = ProxyServer::bind(shared, &opts).await?;
+        eprintln!("listening on {:?}", server.http_addrs());
+        server.run().await;
+        anyhow::Ok(())
+    })
+}
