@@ -367,3 +367,45 @@ fn curl_admin(c: &common::Cluster, method: &str, path: &str, body: &str) -> (u16
     let (b, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), b.to_string())
 }
+
+fn curl_get(c: &common::Cluster, path: &str, max_time: &str) -> String {
+    let pki = c.dir.path().join("pki");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-N", "--max-time", max_time, "--cacert"])
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .arg(format!("{}{}", c.url(), path))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_bookmarks_initial_events_and_410() {
+    let c = common::start().await;
+    c.ok(&["create", "configmap", "a", "--from-literal=x=1"]).await;
+    // sendInitialEvents: the state, then a bookmark marking its end; periodic bookmarks follow (1 s here)
+    let path = "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=3";
+    let out = tokio::task::block_in_place(|| curl_get(&c, path, "6"));
+    let events: Vec<serde_json::Value> = out.lines().map(json).collect();
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "a");
+    assert_eq!(events[1]["type"], "BOOKMARK");
+    assert_eq!(events[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    assert!(events.iter().skip(2).any(|e| e["type"] == "BOOKMARK"), "{out}");
+    // a compacted resourceVersion: 410 Expired as an ERROR event (as kube-apiserver's watch does)
+    let store = c.server.api.store().clone();
+    let rev = store.current_revision().await.expect("rev");
+    c.ok(&["create", "configmap", "b", "--from-literal=x=1"]).await;
+    store.compact(rev + 1).await.expect("compact");
+    let out = tokio::task::block_in_place(|| curl_get(&c, "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=2", "5"));
+    let ev = json(out.lines().next().expect("one event"));
+    assert_eq!(ev["type"], "ERROR");
+    assert_eq!(ev["object"]["code"], 410);
+    // a list continue token from before the compaction is 410 too
+    let out = tokio::task::block_in_place(|| curl_get(&c, "/api/v1/namespaces/default/configmaps?limit=1&resourceVersion=2&resourceVersionMatch=Exact", "5"));
+    assert_eq!(json(&out)["code"], 410, "{out}");
+}

@@ -47,7 +47,7 @@ pub fn command_line(spec: &ProcSpec) -> Vec<String> {
 }
 
 /// Starts `spec` detached (own process group, stdin from /dev/null, stdout+stderr appended to
-/// `dir/logs/NAME.log`), writes `dir/pids/NAME.pid` ("PID\nPROGRAM\n") and returns the pid.
+/// `dir/logs/NAME.log`), writes `dir/pids/NAME.pid` ("PID\nSTARTTIME\nPROGRAM\n") and returns the pid.
 pub fn spawn(spec: &ProcSpec, dir: &Path) -> Result<u32> {
     let logs = dir.join("logs");
     let pids = dir.join("pids");
@@ -76,7 +76,8 @@ pub fn spawn(spec: &ProcSpec, dir: &Path) -> Result<u32> {
     let pid = child.id();
     let pid_path = pids.join(format!("{}.pid", spec.name));
     let program = spec.argv.first().cloned().unwrap_or_default();
-    std::fs::write(&pid_path, format!("{pid}\n{program}\n")).map_err(|e| LabError::io("write", &pid_path, e))?;
+    let st = start_time(pid as i32).unwrap_or(0);
+    std::fs::write(&pid_path, format!("{pid}\n{st}\n{program}\n")).map_err(|e| LabError::io("write", &pid_path, e))?;
     tracing::info!(name = %spec.name, pid, cmd = %argv.join(" "), log = %log_path.display(), "started");
     Ok(pid)
 }
@@ -91,12 +92,6 @@ fn proc_ppid(pid: i32) -> Option<i32> {
     // pid (comm) state ppid ...; comm may contain spaces and parentheses.
     let rest = &s[s.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn proc_cmdline(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
-        .unwrap_or_default()
 }
 
 /// Whether `pid` runs (exists and is not a zombie; reaps it first if it is our child).
@@ -118,7 +113,17 @@ fn all_pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Pids from `dir/pids/*.pid` whose process still runs the recorded program (or nsenter for it).
+/// The start time of a process (clock ticks since boot, field 22 of /proc/PID/stat): with the
+/// pid it identifies a process across pid reuse, and it survives exec.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    // After the comm: state(3) ppid(4) ... starttime(22) is the 20th field here.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Pids from `dir/pids/*.pid` ("PID\nSTARTTIME\nPROGRAM") whose process still runs (same pid
+/// and start time, so a reused pid is never taken for a lab process).
 pub fn pidfile_pids(dir: &Path) -> Vec<(String, i32)> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir.join("pids")) else { return out };
@@ -127,18 +132,8 @@ pub fn pidfile_pids(dir: &Path) -> Vec<(String, i32)> {
         let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
         let mut lines = text.lines();
         let Some(pid) = lines.next().and_then(|l| l.trim().parse::<i32>().ok()) else { continue };
-        let program = lines.next().unwrap_or_default().trim().to_string();
-        // A process in the middle of exec shows an empty cmdline for a moment.
-        let mut cmd = proc_cmdline(pid);
-        for _ in 0..20 {
-            if !cmd.is_empty() || !Path::new(&format!("/proc/{pid}")).exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-            cmd = proc_cmdline(pid);
-        }
-        let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
-        if !program.is_empty() && cmd.iter().take(4).any(|a| base(a) == base(&program)) && !is_zombie(pid) {
+        let Some(st) = lines.next().and_then(|l| l.trim().parse::<u64>().ok()) else { continue };
+        if start_time(pid) == Some(st) && !is_zombie(pid) {
             out.push((name, pid));
         }
     }
