@@ -362,3 +362,30 @@ pub async fn clean_orphans(cri: &dyn Cri, node: &str, live_uids: &[String]) -> R
 pub async fn import_image(socket: &Path, archive: &Path) -> Result<Vec<String>> {
     image::import(socket, archive).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cri::fake::FakeCri;
+    use crate::cri::v1;
+
+    fn sandbox(uid: &str, node: &str) -> v1::PodSandboxConfig {
+        let mut labels = std::collections::HashMap::new();
+        labels.insert(pod::translate::labels::POD_UID.to_string(), uid.to_string());
+        labels.insert(pod::translate::labels::MANAGED_BY.to_string(), node.to_string());
+        v1::PodSandboxConfig { metadata: Some(v1::PodSandboxMetadata { name: uid.into(), uid: uid.into(), namespace: "d".into(), attempt: 0 }), labels, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn orphans_of_this_node_are_removed_others_kept() {
+        let cri = FakeCri::default();
+        let live = cri.run_pod_sandbox(sandbox("live", "n1")).await.expect("run");
+        let orphan = cri.run_pod_sandbox(sandbox("gone", "n1")).await.expect("run");
+        let other = cri.run_pod_sandbox(sandbox("gone", "n2")).await.expect("run");
+        clean_orphans(&cri, "n1", &["live".to_string()]).await.expect("clean");
+        let left: Vec<String> = cri.list_pod_sandboxes().await.expect("list").into_iter().map(|s| s.id).collect();
+        assert_eq!(left, vec![live, other]);
+        assert!(cri.calls().contains(&format!("StopPodSandbox {orphan}")));
+        assert!(cri.calls().contains(&format!("RemovePodSandbox {orphan}")));
+    }
+}

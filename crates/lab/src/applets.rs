@@ -258,6 +258,7 @@ pub fn applet_main(argv: &[String]) -> i32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::io::Read;

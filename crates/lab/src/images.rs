@@ -11,7 +11,7 @@
 //! | `jmalloc/echo-server` | `dari-applet` as `/bin/echo-server`: "Request served by <hostname>" + the request, on :8080 |
 //! | `nicolaka/netshoot` | busybox + curl + iproute2 (ip, ss) + dig/nslookup + tcpdump + conntrack, with libs |
 //! | `ubuntu:20.04` | **busybox-based** (not Ubuntu): busybox + curl, `/etc/os-release` says so |
-//! | `registry.k8s.io/pause:3.10` (and `dari.local/pause:3.10`) | `dari-applet pause` |
+//! | `registry.k8s.io/pause:3.10` (the agent builds its own `dari.local/pause`) | `dari-applet pause` |
 //!
 //! [`catalog`] is the pure description (which host files, which generated files);
 //! [`build_images`] reads the host files, resolves libraries with `ldd`, writes one
@@ -101,70 +101,14 @@ fn curl() -> HostBin {
     hb(&["/usr/bin/curl"], "/usr/bin/curl", &[])
 }
 
-const WELCOME: &str = "<!DOCTYPE html>
-<html>
-<head>
-<title>Welcome to nginx!</title>
-<style>
-html { color-scheme: light dark; }
-body { width: 35em; margin: 0 auto;
-font-family: Tahoma, Verdana, Arial, sans-serif; }
-</style>
-</head>
-<body>
-<h1>Welcome to nginx!</h1>
-<p>If you see this page, the nginx web server is successfully installed and
-working. Further configuration is required.</p>
 
-<p>For online documentation and support please refer to
-<a href=\"http://nginx.org/\">nginx.org</a>.<br/>
-Commercial support is available at
-<a href=\"http://nginx.com/\">nginx.com</a>.</p>
 
-<p><em>Thank you for using nginx.</em></p>
-<!-- dari lab stand-in image: Debian's nginx; a real cluster pulls the real nginx image. -->
-</body>
-</html>
-";
 
-const NGINX_CONF: &str = "# dari lab stand-in for the nginx image (Debian's nginx binary).
-user nginx;
-worker_processes 1;
-error_log stderr notice;
-pid /run/nginx.pid;
-events { worker_connections 1024; }
-http {
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    access_log /dev/stdout;
-    sendfile on;
-    keepalive_timeout 65;
-    include /etc/nginx/conf.d/*.conf;
-}
-";
 
-const NGINX_DEFAULT: &str = "server {
-    listen 80;
-    server_name localhost;
-    location / {
-        root /usr/share/nginx/html;
-        index index.html index.htm;
-    }
-}
-";
-
-const MIME_TYPES: &str = "types {
-    text/html html htm shtml;
-    text/css css;
-    text/plain txt;
-    application/javascript js;
-    application/json json;
-    image/png png;
-    image/jpeg jpeg jpg;
-    image/svg+xml svg;
-    application/octet-stream bin;
-}
-";
+const WELCOME: &str = include_str!("../../../images/nginx/index.html");
+const NGINX_CONF: &str = include_str!("../../../images/nginx/nginx.conf");
+const NGINX_DEFAULT: &str = include_str!("../../../images/nginx/default.conf");
+const MIME_TYPES: &str = include_str!("../../../images/nginx/mime.types");
 
 fn base_files(desc: &str) -> BTreeMap<String, (u32, String)> {
     let mut f = BTreeMap::new();
@@ -268,7 +212,7 @@ pub fn catalog() -> Vec<ImageDef> {
     v.push(ub);
 
     let d = "dari lab stand-in for pause: dari-applet pause";
-    let mut pause = def("pause", &["registry.k8s.io/pause:3.10", "dari.local/pause:3.10"], false, d, cfg(&["/pause"], &[], &[], &[], d));
+    let mut pause = def("pause", &["registry.k8s.io/pause:3.10"], false, d, cfg(&["/pause"], &[], &[], &[], d));
     pause.applet_links = vec!["/pause".into()];
     pause.files.clear();
     v.push(pause);
@@ -442,6 +386,7 @@ pub fn import_with_ctr(socket: &Path, archives: &[PathBuf]) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

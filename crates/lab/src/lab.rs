@@ -236,26 +236,30 @@ pub fn server_argv(dari: &Path, plan: &LabPlan, dirs: &LabDirs, service_cidr: Ip
     ]
 }
 
-/// `dari agent` for one node (pure). The flag names follow the agent crate as it lands; this
-/// is the one place to adjust them.
+/// `dari agent` for one node (pure), with the flags of `dari_agent::AgentArgs`: the agent runs
+/// inside the node namespace (through nsenter) and is told so for its containerd too. It uses
+/// the admin kubeconfig until the token join flow exists; the pod MTU is the LAN MTU minus the
+/// VXLAN overhead (50) with the vxlan backend. (The agent has no `--backend` flag yet: the
+/// backend is recorded in state.json only.)
 pub fn agent_argv(dari: &Path, plan: &LabPlan, node: &NodePlan, dirs: &LabDirs, backend: &str) -> Vec<String> {
+    let mtu = if backend == "vxlan" { plan.opts.mtu.saturating_sub(50) } else { plan.opts.mtu };
     vec![
         dari.display().to_string(),
         "agent".into(),
+        "--server".into(),
+        format!("https://{}:{}", plan.control_plane().ip(), API_PORT),
+        "--kubeconfig".into(),
+        dirs.server().join("admin.kubeconfig").display().to_string(),
         "--node-name".into(),
         node.name.clone(),
         "--node-ip".into(),
         node.ip().to_string(),
-        "--server".into(),
-        format!("https://{}:{}", plan.control_plane().ip(), API_PORT),
-        "--token-file".into(),
-        dirs.server().join("node-token").display().to_string(),
         "--data-dir".into(),
         dirs.node(&node.name).display().to_string(),
-        "--netns".into(),
+        "--mtu".into(),
+        mtu.to_string(),
+        "--containerd-netns".into(),
         netns_path(&node.netns).display().to_string(),
-        "--backend".into(),
-        backend.into(),
     ]
 }
 
@@ -635,6 +639,7 @@ pub async fn run(args: LabArgs) -> Result<i32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -644,6 +649,18 @@ mod tests {
         assert_eq!(
             rewrite_kubeconfig(k, "https://127.0.0.1:6443"),
             "apiVersion: v1\nclusters:\n- name: dari\n  cluster:\n    certificate-authority-data: X\n    server: https://127.0.0.1:6443\n"
+        );
+    }
+
+    #[test]
+    fn agent_flags() {
+        let p = plan::plan(&["cp".to_string(), "w1".to_string()], &LabOpts::default()).unwrap();
+        let dirs = LabDirs { root: "/var/lib/dari-lab".into() };
+        let a = agent_argv(Path::new("/usr/bin/dari"), &p, &p.nodes[1], &dirs, "vxlan").join(" ");
+        assert_eq!(
+            a,
+            "/usr/bin/dari agent --server https://172.31.0.10:6443 --kubeconfig /var/lib/dari-lab/server/admin.kubeconfig \
+--node-name w1 --node-ip 172.31.0.11 --data-dir /var/lib/dari-lab/nodes/w1 --mtu 1350 --containerd-netns /run/netns/dari-w1"
         );
     }
 

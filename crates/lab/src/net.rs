@@ -452,6 +452,7 @@ impl LabNet for FakeNet {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::plan::{plan, LabOpts};

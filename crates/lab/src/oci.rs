@@ -380,6 +380,7 @@ pub fn check_archive(bytes: &[u8]) -> Result<ArchiveInfo> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -213,7 +213,7 @@ fn short_hash(s: &str, n: usize) -> String {
 /// The hub-side interface name for a node: `v` + the name when it fits IFNAMSIZ, else
 /// `v` + the first 6 characters + 8 hex digits of the name's SHA-256 (15 characters).
 pub fn hub_ifname(node: &str) -> String {
-    if 1 + node.len() <= MAX_IFNAME {
+    if node.len() < MAX_IFNAME {
         format!("v{node}")
     } else {
         let head: String = node.chars().take(6).collect();
@@ -360,6 +360,7 @@ impl LabPlan {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -290,6 +290,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,8 @@
 //! The plan for the seed scenarios' node names, compared with tests/golden/plan-myk8s.{sh,json}.
 //! Regenerate with `UPDATE_GOLDEN=1 cargo test -p dari-lab --test golden` and review the diff.
 
+#![allow(clippy::unwrap_used)]
+
 use dari_lab::plan::{plan, LabOpts};
 
 fn check(name: &str, actual: &str) {

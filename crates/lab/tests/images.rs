@@ -5,6 +5,8 @@
 //! `cargo test -p dari-lab --test images` (root; apt: busybox-static nginx curl iproute2
 //! bind9-dnsutils tcpdump conntrack containerd).
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -5,6 +5,8 @@
 //!
 //! `cargo build -p dari && cargo test -p dari-lab --test lab_up`
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

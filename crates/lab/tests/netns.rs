@@ -3,6 +3,8 @@
 //!
 //! `cargo test -p dari-lab --test netns` (as root; needs iproute2 and iputils-ping).
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::PathBuf;

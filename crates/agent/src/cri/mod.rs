@@ -21,6 +21,8 @@ pub mod v1 {
     include!("runtime.v1.rs");
 }
 
+pub mod fake;
+
 use v1::image_service_client::ImageServiceClient;
 use v1::runtime_service_client::RuntimeServiceClient;
 

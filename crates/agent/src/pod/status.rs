@@ -289,3 +289,120 @@ pub fn compute(pod: &Pod, obs: &Observed, now: Timestamp) -> PodStatus {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(policy: &str, init: bool) -> Pod {
+        let init = if init { "  initContainers: [{name: setup, image: x}]\n" } else { "" };
+        serde_yaml::from_str(&format!("metadata: {{name: p, namespace: d}}\nspec:\n  restartPolicy: {policy}\n{init}  containers: [{{name: a, image: x}}, {{name: b, image: x}}]\n")).expect("pod")
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().expect("ts")
+    }
+
+    fn running(name: &str, ready: bool) -> ObservedContainer {
+        ObservedContainer {
+            name: name.into(),
+            state: CState::Running { started_at: t("2026-01-01T00:00:01Z") },
+            last_state: None,
+            restart_count: 0,
+            ready,
+            started: true,
+            image: "x".into(),
+            image_id: "sha256:1".into(),
+            container_id: format!("containerd://{name}"),
+        }
+    }
+
+    fn exited(name: &str, code: i32) -> ObservedContainer {
+        ObservedContainer {
+            state: CState::Terminated { exit_code: code, reason: if code == 0 { "Completed".into() } else { "Error".into() }, started_at: None, finished_at: None, container_id: String::new() },
+            ready: false,
+            ..running(name, false)
+        }
+    }
+
+    fn obs(containers: Vec<ObservedContainer>) -> Observed {
+        Observed { sandbox_ready: true, pod_ips: vec!["10.244.1.5".into()], host_ip: "10.0.0.5".into(), init: vec![], containers }
+    }
+
+    #[test]
+    fn phase_table() {
+        assert_eq!(phase(&pod("Always", false), &Observed::default()), "Pending");
+        assert_eq!(phase(&pod("Always", false), &obs(vec![running("a", true)])), "Pending", "b not started yet");
+        assert_eq!(phase(&pod("Always", false), &obs(vec![running("a", true), running("b", false)])), "Running");
+        assert_eq!(phase(&pod("Always", false), &obs(vec![exited("a", 0), exited("b", 1)])), "Running", "Always restarts");
+        assert_eq!(phase(&pod("Never", false), &obs(vec![exited("a", 0), exited("b", 0)])), "Succeeded");
+        assert_eq!(phase(&pod("Never", false), &obs(vec![exited("a", 0), exited("b", 1)])), "Failed");
+        assert_eq!(phase(&pod("OnFailure", false), &obs(vec![exited("a", 0), exited("b", 1)])), "Running");
+        assert_eq!(phase(&pod("OnFailure", false), &obs(vec![exited("a", 0), exited("b", 0)])), "Succeeded");
+        assert_eq!(phase(&pod("Never", false), &obs(vec![running("a", true), exited("b", 1)])), "Running");
+        // back-off after a crash counts as stopped, not pending
+        let mut backoff = running("b", false);
+        backoff.state = CState::Waiting { reason: "CrashLoopBackOff".into(), message: String::new() };
+        backoff.last_state = Some(exited("b", 1).state);
+        assert_eq!(phase(&pod("Always", false), &obs(vec![running("a", true), backoff])), "Running");
+        // init containers gate the pod
+        let mut o = obs(vec![]);
+        assert_eq!(phase(&pod("Always", true), &o), "Pending");
+        o.init = vec![exited("setup", 1)];
+        assert_eq!(phase(&pod("Never", true), &o), "Failed");
+        o.init = vec![exited("setup", 0)];
+        o.containers = vec![running("a", true), running("b", true)];
+        assert_eq!(phase(&pod("Always", true), &o), "Running");
+    }
+
+    #[test]
+    fn conditions_and_container_statuses() {
+        let p = pod("Always", false);
+        let now = t("2026-01-01T00:00:10Z");
+        let s = compute(&p, &obs(vec![running("a", true), running("b", false)]), now);
+        let c = |s: &PodStatus, ty: &str| s.conditions.as_ref().and_then(|cs| cs.iter().find(|c| c.type_ == ty).cloned()).expect("condition");
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(c(&s, "Ready").status, "False");
+        assert_eq!(c(&s, "ContainersReady").message.as_deref(), Some("containers with unready status: [b]"));
+        assert_eq!(c(&s, "Initialized").status, "True");
+        assert_eq!(c(&s, "PodScheduled").status, "True");
+        assert_eq!(s.pod_ip.as_deref(), Some("10.244.1.5"));
+        assert_eq!(s.host_ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
+        let cs = s.container_statuses.clone().expect("statuses");
+        assert_eq!(cs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(cs[0].container_id.as_deref(), Some("containerd://a"));
+        // later, b becomes ready: Ready flips with a new transition time; unchanged ones keep theirs
+        let mut p2 = p.clone();
+        p2.status = Some(s.clone());
+        let later = t("2026-01-01T00:00:20Z");
+        let s2 = compute(&p2, &obs(vec![running("a", true), running("b", true)]), later);
+        assert_eq!(c(&s2, "Ready").status, "True");
+        assert_eq!(c(&s2, "Ready").last_transition_time, Some(Time(later)));
+        assert_eq!(c(&s2, "PodScheduled").last_transition_time, Some(Time(now)));
+        assert_eq!(s2.start_time, s.start_time);
+        // recomputing with nothing new is a fixed point (no status write)
+        let mut p3 = p2.clone();
+        p3.status = Some(s2.clone());
+        assert_eq!(compute(&p3, &obs(vec![running("a", true), running("b", true)]), t("2026-01-01T00:00:30Z")), s2);
+    }
+
+    #[test]
+    fn creating_pod_shows_container_creating() {
+        let s = compute(&pod("Always", false), &Observed { host_ip: "10.0.0.5".into(), ..Default::default() }, t("2026-01-01T00:00:00Z"));
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        let w = s.container_statuses.expect("cs")[0].state.clone().and_then(|s| s.waiting).expect("waiting");
+        assert_eq!(w.reason.as_deref(), Some("ContainerCreating"));
+        assert!(s.pod_ip.is_none());
+    }
+
+    #[test]
+    fn terminal_phase_sticks_and_marks_pod_completed() {
+        let mut p = pod("Never", false);
+        p.status = Some(PodStatus { phase: Some("Succeeded".into()), ..Default::default() });
+        let s = compute(&p, &obs(vec![]), t("2026-01-01T00:00:00Z"));
+        assert_eq!(s.phase.as_deref(), Some("Succeeded"));
+        let ready = s.conditions.expect("c").into_iter().find(|c| c.type_ == "Ready").expect("Ready");
+        assert_eq!(ready.reason.as_deref(), Some("PodCompleted"));
+    }
+}

@@ -538,3 +538,166 @@ pub fn container_log_path(pod: &Pod, node: &NodeContext, container: &str, attemp
 pub fn pod_volume_dir(pods_dir: &Path, uid: &str) -> PathBuf {
     pods_dir.join(uid).join("volumes")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeContext {
+        NodeContext {
+            node_name: "n1".into(),
+            node_ip: "10.0.0.5".parse().expect("ip"),
+            hostname: "n1".into(),
+            cluster_dns: vec!["10.96.0.10".parse().expect("ip")],
+            cluster_domain: "cluster.local".into(),
+            host_resolv: ResolvConf::parse("# host\nnameserver 192.168.1.1\nsearch lan\noptions edns0\n"),
+            pod_log_root: PathBuf::from("/var/lib/dari/agent/pod-logs"),
+            cgroup_root: "/dari/n1".into(),
+        }
+    }
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).expect("pod yaml")
+    }
+
+    const BASE: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop, uid: u-1, labels: {app: web}, annotations: {a: b}}\n";
+
+    #[test]
+    fn resolv_conf_per_dns_policy() {
+        let n = node();
+        let cf = resolv_conf(&pod(&format!("{BASE}spec: {{containers: []}}")), &n);
+        assert_eq!(cf.render(), "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n");
+        // hostNetwork + ClusterFirst falls back to the node's resolv.conf
+        let hn = resolv_conf(&pod(&format!("{BASE}spec: {{hostNetwork: true, containers: []}}")), &n);
+        assert_eq!(hn, n.host_resolv);
+        let hn2 = resolv_conf(&pod(&format!("{BASE}spec: {{hostNetwork: true, dnsPolicy: ClusterFirstWithHostNet, containers: []}}")), &n);
+        assert_eq!(hn2.nameservers, vec!["10.96.0.10"]);
+        let d = resolv_conf(&pod(&format!("{BASE}spec: {{dnsPolicy: Default, containers: []}}")), &n);
+        assert_eq!(d.render(), "search lan\nnameserver 192.168.1.1\noptions edns0\n");
+        let none = resolv_conf(
+            &pod(&format!("{BASE}spec: {{dnsPolicy: None, dnsConfig: {{nameservers: [1.1.1.1], searches: [x.y], options: [{{name: ndots, value: '2'}}, {{name: edns0}}]}}, containers: []}}")),
+            &n,
+        );
+        assert_eq!(none.render(), "search x.y\nnameserver 1.1.1.1\noptions ndots:2 edns0\n");
+        // dnsConfig merges into ClusterFirst, options override by name
+        let merged = resolv_conf(&pod(&format!("{BASE}spec: {{dnsConfig: {{nameservers: [10.96.0.10, 9.9.9.9], searches: [extra], options: [{{name: ndots, value: '1'}}]}}, containers: []}}")), &n);
+        assert_eq!(merged.nameservers, vec!["10.96.0.10", "9.9.9.9"]);
+        assert_eq!(merged.searches.last().map(String::as_str), Some("extra"));
+        assert_eq!(merged.options, vec!["ndots:1"]);
+        // no cluster DNS configured: ClusterFirst behaves like Default
+        let mut n2 = node();
+        n2.cluster_dns.clear();
+        assert_eq!(resolv_conf(&pod(&format!("{BASE}spec: {{containers: []}}")), &n2), n2.host_resolv);
+    }
+
+    #[test]
+    fn sandbox_config_from_pod() {
+        let p = pod(&format!(
+            "{BASE}spec:\n  hostname: custom\n  containers:\n  - name: a\n    image: x\n    ports: [{{containerPort: 80, hostPort: 8080}}, {{containerPort: 53, protocol: UDP}}]\n"
+        ));
+        let s = sandbox_config(&p, &node(), 2);
+        let m = s.metadata.clone().expect("metadata");
+        assert_eq!((m.name.as_str(), m.namespace.as_str(), m.uid.as_str(), m.attempt), ("web-0", "shop", "u-1", 2));
+        assert_eq!(s.hostname, "custom");
+        assert_eq!(s.log_directory, "/var/lib/dari/agent/pod-logs/shop_web-0_u-1");
+        assert_eq!(s.port_mappings, vec![v1::PortMapping { protocol: v1::Protocol::Tcp as i32, container_port: 80, host_port: 8080, host_ip: String::new() }]);
+        assert_eq!(s.labels.get(labels::POD_UID).map(String::as_str), Some("u-1"));
+        assert_eq!(s.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(s.labels.get(labels::MANAGED_BY).map(String::as_str), Some("n1"));
+        let linux = s.linux.expect("linux");
+        assert_eq!(linux.cgroup_parent, "/dari/n1/podu-1");
+        let ns = linux.security_context.and_then(|c| c.namespace_options).expect("ns");
+        assert_eq!((ns.network, ns.pid), (v1::NamespaceMode::Pod as i32, v1::NamespaceMode::Container as i32));
+        let dns = s.dns_config.expect("dns");
+        assert_eq!(dns.servers, vec!["10.96.0.10"]);
+    }
+
+    #[test]
+    fn expansion_follows_kubernetes_rules() {
+        let vars: BTreeMap<String, String> = [("A".to_string(), "1".to_string()), ("B".to_string(), "two".to_string())].into();
+        assert_eq!(expand("$(A)-$(B)", &vars), "1-two");
+        assert_eq!(expand("$(C) stays", &vars), "$(C) stays");
+        assert_eq!(expand("$$(A) escaped", &vars), "$(A) escaped");
+        assert_eq!(expand("no $ refs ( )", &vars), "no $ refs ( )");
+        assert_eq!(expand("unterminated $(A", &vars), "unterminated $(A");
+    }
+
+    #[test]
+    fn container_config_env_command_mounts() {
+        let p = pod(&format!(
+            r#"{BASE}spec:
+  containers:
+  - name: app
+    image: busybox:1
+    command: [sh, -c]
+    args: ["echo $(GREETING) $(MISSING)"]
+    workingDir: /w
+    env:
+    - {{name: NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+    - {{name: APP, valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['app']"}}}}}}
+    - {{name: GREETING, value: "hi-$(NAME)"}}
+    - {{name: COLOR, valueFrom: {{configMapKeyRef: {{name: cfg, key: color}}}}}}
+    - {{name: MEM, valueFrom: {{resourceFieldRef: {{resource: limits.memory}}}}}}
+    envFrom:
+    - {{secretRef: {{name: creds}}, prefix: S_}}
+    resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
+    volumeMounts:
+    - {{name: data, mountPath: /data, readOnly: true}}
+    - {{name: data, mountPath: /sub, subPath: inner}}
+"#
+        ));
+        let mut lk = Lookups::default();
+        lk.config_maps.insert("cfg".into(), [("color".to_string(), b"blue".to_vec())].into());
+        lk.secrets.insert("creds".into(), [("user".to_string(), b"admin".to_vec())].into());
+        lk.services.push(serde_yaml::from_str("metadata: {name: my-db}\nspec: {clusterIP: 10.96.0.20, ports: [{name: sql, port: 5432}]}").expect("svc"));
+        let c = p.spec.clone().expect("spec").containers[0].clone();
+        let vols: VolumePaths = [("data".to_string(), PathBuf::from("/pods/u-1/volumes/empty-dir/data"))].into();
+        let cfg = container_config(&p, &c, &node(), Some("10.244.1.5"), &vols, &lk, 3).expect("config");
+        let env: Vec<(String, String)> = cfg.envs.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
+        let get = |k: &str| env.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+        assert_eq!(get("NAME").as_deref(), Some("web-0"));
+        assert_eq!(get("IP").as_deref(), Some("10.244.1.5"));
+        assert_eq!(get("APP").as_deref(), Some("web"));
+        assert_eq!(get("GREETING").as_deref(), Some("hi-web-0"));
+        assert_eq!(get("COLOR").as_deref(), Some("blue"));
+        assert_eq!(get("S_user").as_deref(), Some("admin"));
+        assert_eq!(get("MEM").as_deref(), Some("67108864"));
+        assert_eq!(get("MY_DB_SERVICE_HOST").as_deref(), Some("10.96.0.20"));
+        assert_eq!(get("MY_DB_SERVICE_PORT_SQL").as_deref(), Some("5432"));
+        assert_eq!(get("MY_DB_PORT_5432_TCP").as_deref(), Some("tcp://10.96.0.20:5432"));
+        // service links come first, then envFrom, then env
+        assert!(env.iter().position(|(k, _)| k == "MY_DB_SERVICE_HOST") < env.iter().position(|(k, _)| k == "S_user"));
+        assert_eq!(cfg.command, vec!["sh", "-c"]);
+        assert_eq!(cfg.args, vec!["echo hi-web-0 $(MISSING)"]);
+        assert_eq!(cfg.working_dir, "/w");
+        assert_eq!(cfg.log_path, "app/3.log");
+        assert_eq!(cfg.mounts.len(), 2);
+        assert!(cfg.mounts[0].readonly);
+        assert_eq!(cfg.mounts[1].host_path, "/pods/u-1/volumes/empty-dir/data/inner");
+        let r = cfg.linux.and_then(|l| l.resources).expect("resources");
+        assert_eq!((r.cpu_quota, r.cpu_period, r.cpu_shares, r.memory_limit_in_bytes), (50_000, 100_000, 512, 64 << 20));
+    }
+
+    #[test]
+    fn missing_references_are_config_errors() {
+        let p = pod(&format!("{BASE}spec:\n  containers:\n  - name: a\n    image: x\n    env: [{{name: P, valueFrom: {{secretKeyRef: {{name: nope, key: k}}}}}}]\n"));
+        let c = p.spec.clone().expect("spec").containers[0].clone();
+        let e = container_config(&p, &c, &node(), None, &VolumePaths::new(), &Lookups::default(), 0).expect_err("missing secret");
+        assert!(e.0.contains("secret \"nope\" not found"), "{e:?}");
+        let p2 = pod(&format!("{BASE}spec:\n  containers:\n  - name: a\n    image: x\n    env: [{{name: P, valueFrom: {{secretKeyRef: {{name: nope, key: k, optional: true}}}}}}]\n    volumeMounts: [{{name: v, mountPath: /v}}]\n"));
+        let c2 = p2.spec.clone().expect("spec").containers[0].clone();
+        let e2 = container_config(&p2, &c2, &node(), None, &VolumePaths::new(), &Lookups::default(), 0).expect_err("undefined volume");
+        assert!(e2.0.contains("volume v"), "{e2:?}");
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_cpu_millis("250m"), Some(250));
+        assert_eq!(parse_cpu_millis("2"), Some(2000));
+        assert_eq!(parse_cpu_millis("0.5"), Some(500));
+        assert_eq!(parse_bytes("128Mi"), Some(128 << 20));
+        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(parse_bytes("512"), Some(512));
+    }
+}
