@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(
   kubectl python3-kubernetes            # real clients driven by the tests
-  nftables iproute2 conntrack tcpdump   # the node network and its inspection
+  nftables iproute2 conntrack tcpdump iputils-ping util-linux curl   # the node network and its inspection
   containernetworking-plugins           # reference CNI plugins (delegate IPAM, benchmarks)
   golang-go golang-github-appc-cni-dev  # builds libcni's cnitool, a real CNI runtime for the tests
   dnsutils                              # dig, for DNS tests

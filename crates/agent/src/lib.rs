@@ -17,11 +17,13 @@ pub mod containerd;
 pub mod cri;
 pub mod error;
 pub mod image;
+pub mod netns;
 pub mod node;
 pub mod pod;
+pub mod stream;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +83,10 @@ pub struct AgentArgs {
     /// Run the child containerd inside this network namespace (`/var/run/netns/NODE`).
     #[arg(long)]
     pub containerd_netns: Option<PathBuf>,
+    /// Streaming endpoint (logs/exec/attach/port-forward) the API server proxies to.
+    /// Plain HTTP for now: bind it where only the API server can reach it.
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    pub stream_address: SocketAddr,
 }
 
 /// The agent's resolved configuration.
@@ -112,6 +118,8 @@ pub struct AgentConfig {
     pub mtu: u32,
     /// containerd's netns.
     pub containerd_netns: Option<PathBuf>,
+    /// Streaming endpoint address (None: no streaming server).
+    pub stream_address: Option<SocketAddr>,
     /// Restart back-off (kubelet default 10 s → 300 s; tests shorten it).
     pub backoff: Backoff,
     /// How often workers poll container state and probes.
@@ -142,6 +150,7 @@ impl AgentConfig {
             cluster_domain: a.cluster_domain,
             mtu: a.mtu,
             containerd_netns: a.containerd_netns,
+            stream_address: Some(a.stream_address),
             backoff: Backoff::default(),
             tick: Duration::from_secs(1),
             pod_cidr_timeout: Duration::from_secs(300),
@@ -181,6 +190,8 @@ pub struct RunningAgent {
     pub cri_socket: PathBuf,
     /// The podCIDR the node got.
     pub pod_cidr: IpNet,
+    /// Where the streaming server listens.
+    pub stream_addr: Option<SocketAddr>,
 }
 
 impl RunningAgent {
@@ -236,9 +247,18 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     let n = node::update_status(&client, &facts, true, n.status.as_ref()).await?;
     tracing::info!(node = %cfg.node_name, %pod_cidr, runtime = %runtime_version, "node registered and ready");
 
+    let cri: Arc<dyn Cri> = Arc::new(cri);
+    let (stream_addr, stream_task) = match cfg.stream_address {
+        Some(a) => {
+            let (addr, h) = stream::StreamServer::start(cri.clone(), a, cfg.containerd_netns.clone()).await?;
+            tracing::info!(%addr, "streaming server (logs, exec, attach, port-forward) listening");
+            (Some(addr), Some(h))
+        }
+        None => (None, None),
+    };
     let host_resolv = ResolvConf::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
     let shared = Shared {
-        cri: Arc::new(cri),
+        cri,
         client: client.clone(),
         node: NodeContext {
             node_name: cfg.node_name.clone(),
@@ -251,12 +271,19 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
             cgroup_root: format!("/dari/{}", cfg.node_name),
         },
         pods_dir: cfg.data_dir.join("pods"),
+        netns: cfg.containerd_netns.clone(),
         backoff: cfg.backoff,
         tick: cfg.tick,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(main_loop(shared, facts, n, containerd, stop_rx));
-    Ok(RunningAgent { task, stop: stop_tx, cri_socket: socket, pod_cidr })
+    let task = tokio::spawn(async move {
+        let r = main_loop(shared, facts, n, containerd, stop_rx).await;
+        if let Some(h) = stream_task {
+            h.abort();
+        }
+        r
+    });
+    Ok(RunningAgent { task, stop: stop_tx, cri_socket: socket, pod_cidr, stream_addr })
 }
 
 async fn main_loop(sh: Shared, facts: node::NodeFacts, node_obj: k8s_openapi::api::core::v1::Node, containerd: Option<containerd::Containerd>, mut stop: watch::Receiver<bool>) -> Result<()> {
@@ -335,7 +362,11 @@ async fn main_loop(sh: Shared, facts: node::NodeFacts, node_obj: k8s_openapi::ap
         }
     };
     heartbeat.abort();
-    drop(workers);
+    // abort before dropping the senders: a closed channel means "pod gone, tear it down",
+    // and an agent shutdown must leave pods running (a restart adopts them)
+    for (_, (_, h)) in workers.drain() {
+        h.abort();
+    }
     if let Some(c) = containerd {
         c.stop().await;
     }

@@ -53,15 +53,23 @@ fn cond(p: &Pod, t: &str) -> Option<String> {
     p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == t).map(|c| c.status.clone())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
+struct Env {
+    _tmp: tempfile::TempDir,
+    server: dari_apiserver::RunningServer,
+    netns: common::NetNs,
+    node_name: String,
+    data: PathBuf,
+    cidr: ipnet::IpNet,
+}
+
+async fn env(tag: &str, cidr: &str) -> anyhow::Result<(Env, AgentConfig)> {
     common::require_tools();
     let tmp = tempfile::Builder::new().prefix("dari-agent-e2e").tempdir_in("/var/tmp")?;
     let server = apiserver(&tmp.path().join("server")).await;
-    let netns = common::NetNs::new("e2e");
-    let node_name = format!("agent-e2e-{}", std::process::id());
+    let netns = common::NetNs::new(tag);
+    let node_name = format!("agent-{tag}-{}", std::process::id());
     let data = tmp.path().join("agent");
-    let cidr: ipnet::IpNet = "10.244.3.0/24".parse()?;
+    let cidr: ipnet::IpNet = cidr.parse()?;
     let cfg = AgentConfig {
         server: None,
         kubeconfig: server.admin_kubeconfig.clone(),
@@ -79,7 +87,15 @@ async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
         backoff: Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(4) },
         tick: Duration::from_millis(200),
         pod_cidr_timeout: Duration::from_secs(5),
+        stream_address: Some("127.0.0.1:0".parse()?),
     };
+    Ok((Env { _tmp: tmp, server, netns, node_name, data, cidr }, cfg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
+    let (e, cfg) = env("e2e", "10.244.3.0/24").await?;
+    let (server, netns, node_name, data, cidr) = (&e.server, &e.netns, e.node_name.clone(), e.data.clone(), e.cidr);
     let t0 = Instant::now();
     let agent = dari_agent::start(cfg).await?;
     eprintln!("agent ready in {:?}", t0.elapsed());
@@ -110,7 +126,7 @@ async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
   containers:
   - name: main
     image: dari.local/busybox:1.35
-    command: ["sh", "-c", "trap 'exit 0' TERM; echo started $(POD_NAME); while true; do sleep 1; done"]
+    command: ["sh", "-c", "trap 'exit 0' TERM; echo started $(POD_NAME); echo ok > /tmp/index.html; httpd -f -p 8080 -h /tmp & while true; do sleep 1; done"]
     env:
     - name: POD_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
@@ -121,6 +137,9 @@ async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
     volumeMounts:
     - {name: scratch, mountPath: /scratch}
     readinessProbe:
+      httpGet: {path: /index.html, port: 8080}
+      periodSeconds: 1
+    livenessProbe:
       exec: {command: ["true"]}
       periodSeconds: 1
   volumes:
@@ -162,6 +181,15 @@ async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
     assert!(out.starts_with(&format!("bb {ip} hello-bb\nok\nbb\n")), "{out}");
     assert!(out.contains("search default.svc.cluster.local svc.cluster.local cluster.local"), "{out}");
     assert!(out.contains("nameserver 10.96.0.10") && out.contains("options ndots:5"), "{out}");
+
+    // logs and exec through the agent's streaming endpoint (what the API server will proxy)
+    let stream = agent.stream_addr.expect("stream server");
+    let logs = http_get(stream, "/containerLogs/default/bb/main").await;
+    assert!(logs.starts_with("HTTP/1.1 200") && logs.ends_with("\r\n\r\nstarted bb\n"), "{logs:?}");
+    let (out, status) = ws_exec(stream, "/exec/default/bb/main?command=sh&command=-c&command=echo+out%3B+echo+err+%3E%262%3B+exit+3&stdout=1&stderr=1").await;
+    assert_eq!(out.get(&1).map(|v| String::from_utf8_lossy(v).into_owned()).as_deref(), Some("out\n"), "{out:?}");
+    assert_eq!(out.get(&2).map(|v| String::from_utf8_lossy(v).into_owned()).as_deref(), Some("err\n"), "{out:?}");
+    assert!(status.contains("NonZeroExitCode") && status.contains("\"message\":\"3\""), "{status}");
 
     // 2. a crashing container restarts with back-off; 3. a failing readiness probe keeps Ready false
     pods.create(&PostParams::default(), &pod("crash", &node_name, "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: dari.local/busybox:1.35\n    command: [\"sh\", \"-c\", \"echo boom; exit 3\"]\n")).await?;
@@ -215,5 +243,236 @@ async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
     assert!(!data.join("pods").exists() || std::fs::read_dir(data.join("pods"))?.next().is_none(), "pod volume dirs left");
 
     agent.shutdown().await?;
+    drop(e);
+    Ok(())
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("logs in time").expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A minimal WebSocket client speaking v4.channel.k8s.io: returns bytes per channel and the
+/// error channel (3) text, which carries the exit status.
+async fn ws_exec(addr: std::net::SocketAddr, path: &str) -> (std::collections::BTreeMap<u8, Vec<u8>>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let head_end = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await.expect("upgrade in time").expect("read");
+        assert!(n > 0, "connection closed before the upgrade: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&b[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
+    let mut data = buf[head_end..].to_vec();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await.expect("exec output in time") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => data.extend_from_slice(&b[..n]),
+        }
+    }
+    let mut chans: std::collections::BTreeMap<u8, Vec<u8>> = Default::default();
+    let mut i = 0;
+    while i + 2 <= data.len() {
+        let op = data[i] & 0x0f;
+        let mut len = (data[i + 1] & 0x7f) as usize;
+        let mut p = i + 2;
+        if len == 126 {
+            len = u16::from_be_bytes([data[p], data[p + 1]]) as usize;
+            p += 2;
+        } else if len == 127 {
+            len = u64::from_be_bytes(data[p..p + 8].try_into().expect("8 bytes")) as usize;
+            p += 8;
+        }
+        if p + len > data.len() {
+            break;
+        }
+        let payload = &data[p..p + len];
+        if (op == 1 || op == 2) && !payload.is_empty() {
+            chans.entry(payload[0]).or_default().extend_from_slice(&payload[1..]);
+        }
+        i = p + len;
+    }
+    chans.retain(|_, v| !v.is_empty());
+    let status = chans.get(&3).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    (chans, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_adopts_running_pods_and_cleans_orphans() -> anyhow::Result<()> {
+    let (e, cfg) = env("adopt", "10.244.4.0/24").await?;
+    let agent = dari_agent::start(cfg.clone()).await?;
+    let client = dari_agent::client(&e.server.admin_kubeconfig, None).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let spec = "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: dari.local/busybox:1.35\n    command: [\"sleep\", \"3600\"]\n";
+    pods.create(&PostParams::default(), &pod("keep", &e.node_name, spec)).await?;
+    let cid = |p: &Pod| p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first()).and_then(|c| c.container_id.clone());
+    let before = wait_for("keep Running", Duration::from_secs(60), || async {
+        let p = pods.get("keep").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+    })
+    .await;
+    agent.shutdown().await?;
+    // while the agent is down, the pod is deleted from the API for good (grace 0)
+    pods.create(&PostParams::default(), &pod("gone", &e.node_name, spec)).await?;
+    let agent = dari_agent::start(cfg.clone()).await?;
+    wait_for("gone Running", Duration::from_secs(60), || async {
+        let p = pods.get("gone").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    agent.shutdown().await?;
+    pods.delete("gone", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    let agent = dari_agent::start(cfg).await?;
+    let cri = RemoteCri::connect(&agent.cri_socket).await?;
+    // the orphan's sandbox is removed; the kept pod's container is the same one, not restarted
+    wait_for("orphan sandbox removed", Duration::from_secs(30), || async {
+        let n = cri.list_pod_sandboxes().await.ok()?.len();
+        (n == 1).then_some(())
+    })
+    .await;
+    let after = pods.get("keep").await?;
+    assert_eq!(cid(&after), cid(&before), "container was restarted instead of adopted");
+    assert_eq!(after.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|c| c[0].restart_count), Some(0));
+    assert_eq!(after.status.as_ref().and_then(|s| s.phase.clone()).as_deref(), Some("Running"));
+    pods.delete("keep", &DeleteParams::default()).await?;
+    wait_for("keep gone", Duration::from_secs(30), || async { pods.get_opt("keep").await.ok()?.is_none().then_some(()) }).await;
+    assert!(cri.list_pod_sandboxes().await?.is_empty());
+    agent.shutdown().await?;
+    drop(e);
+    Ok(())
+}
+
+fn rss_kb(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Benchmark (run explicitly): apply → Running and → Ready for 1 pod, then 30 pods at once.
+/// `cargo test -p dari-agent --test agent -- --ignored --nocapture bench`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored"]
+async fn bench_pod_start_latency() -> anyhow::Result<()> {
+    let (e, mut cfg) = env("bench", "10.244.5.0/24").await?;
+    cfg.tick = Duration::from_secs(1); // the default poll interval
+    let agent = dari_agent::start(cfg).await?;
+    let client = dari_agent::client(&e.server.admin_kubeconfig, None).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let spec = "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: dari.local/busybox:1.35\n    command: [\"sleep\", \"3600\"]\n    readinessProbe:\n      exec: {command: [\"true\"]}\n      periodSeconds: 1\n";
+    let ready = |p: &Pod| cond(p, "Ready").as_deref() == Some("True");
+    let running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    for (round, n) in [(0, 1usize), (1, 30usize)] {
+        let t0 = Instant::now();
+        for i in 0..n {
+            pods.create(&PostParams::default(), &pod(&format!("b{round}-{i}"), &e.node_name, spec)).await?;
+        }
+        let (mut all_running, mut all_ready) = (None, None);
+        let mut running_at: Vec<Duration> = Vec::new();
+        while all_ready.is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(300), "pods not ready in 300 s");
+            let list = pods.list(&Default::default()).await?.items;
+            let mine: Vec<&Pod> = list.iter().filter(|p| p.metadata.name.as_deref().unwrap_or("").starts_with(&format!("b{round}-"))).collect();
+            let r = mine.iter().filter(|p| running(p)).count();
+            while running_at.len() < r {
+                running_at.push(t0.elapsed());
+            }
+            if r == n && all_running.is_none() {
+                all_running = Some(t0.elapsed());
+            }
+            if mine.iter().filter(|p| ready(p)).count() == n {
+                all_ready = Some(t0.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let median = running_at.get(n / 2).copied().unwrap_or_default();
+        eprintln!("BENCH {n} pod(s): apply→all Running {:?} (median pod {:?}), →all Ready {:?}", all_running.unwrap_or_default(), median, all_ready.unwrap_or_default());
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let me = rss_kb("self");
+    let containerd_pid = std::fs::read_dir("/proc")?
+        .filter_map(|d| d.ok())
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().contains(&format!("{}/containerd/config.toml", e.data.display())))
+        .unwrap_or_default();
+    eprintln!("BENCH idle with 31 pods: test process (API server + agent, in-process) RSS {} MB; agent's containerd RSS {} MB", me / 1024, rss_kb(&containerd_pid) / 1024);
+    let t0 = Instant::now();
+    pods.delete_collection(&DeleteParams::default(), &Default::default()).await?;
+    wait_for("all pods gone", Duration::from_secs(120), || async { pods.list(&Default::default()).await.ok()?.items.is_empty().then_some(()) }).await;
+    eprintln!("BENCH delete 31 pods: {:?}", t0.elapsed());
+    agent.shutdown().await?;
+    drop(e);
+    Ok(())
+}
+
+/// The seed multi-container pod, with busybox in place of ubuntu/nginx (no registry here): both
+/// containers run, share eth0's address and reach each other over localhost, and share an emptyDir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multicontainer_pod_shares_network_and_volume() -> anyhow::Result<()> {
+    let (e, cfg) = env("multi", "10.244.6.0/24").await?;
+    let agent = dari_agent::start(cfg).await?;
+    let client = dari_agent::client(&e.server.admin_kubeconfig, None).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let spec = r#"  terminationGracePeriodSeconds: 1
+  restartPolicy: Always
+  containers:
+  - name: ubuntu
+    image: dari.local/busybox:1.35
+    command: ["/bin/sleep", "3650d"]
+    imagePullPolicy: IfNotPresent
+    volumeMounts:
+    - {mountPath: /cache, name: cache-volume}
+  - name: nginx
+    image: dari.local/busybox:1.35
+    command: ["sh", "-c", "mkdir -p /www && echo from-nginx > /www/index.html && echo shared > /cache/file && exec httpd -f -p 80 -h /www"]
+    ports:
+    - containerPort: 80
+    volumeMounts:
+    - {mountPath: /cache, name: cache-volume}
+  volumes:
+  - name: cache-volume
+    emptyDir: {}
+"#;
+    pods.create(&PostParams::default(), &pod("multi-container", &e.node_name, spec)).await?;
+    let p = wait_for("2/2 ready", Duration::from_secs(60), || async {
+        let p = pods.get("multi-container").await.ok()?;
+        let cs = p.status.as_ref()?.container_statuses.clone()?;
+        (cs.len() == 2 && cs.iter().all(|c| c.ready)).then_some(p)
+    })
+    .await;
+    let cri = RemoteCri::connect(&agent.cri_socket).await?;
+    let ids: Vec<String> = p.status.and_then(|s| s.container_statuses).unwrap_or_default().iter().map(|c| c.container_id.clone().unwrap_or_default().trim_start_matches("containerd://").to_string()).collect();
+    let mut addrs = Vec::new();
+    for id in &ids {
+        let (_, out, _) = cri.exec_sync(id, vec!["sh".into(), "-c".into(), "ip -o -4 addr show eth0 | awk '{print $4}'".into()], 10).await?;
+        addrs.push(String::from_utf8_lossy(&out).trim().to_string());
+    }
+    assert!(!addrs[0].is_empty() && addrs[0] == addrs[1], "eth0 differs: {addrs:?}");
+    let ubuntu = &ids[0];
+    let got = wait_for("httpd answers on localhost", Duration::from_secs(10), || async {
+        let (code, out, _) = cri.exec_sync(ubuntu, vec!["sh".into(), "-c".into(), "wget -qO- http://127.0.0.1:80/index.html && cat /cache/file".into()], 5).await.ok()?;
+        (code == 0).then(|| String::from_utf8_lossy(&out).into_owned())
+    })
+    .await;
+    assert_eq!(got, "from-nginx\nshared\n");
+    pods.delete("multi-container", &DeleteParams::default()).await?;
+    wait_for("pod gone", Duration::from_secs(30), || async { pods.get_opt("multi-container").await.ok()?.is_none().then_some(()) }).await;
+    assert!(cri.list_pod_sandboxes().await?.is_empty());
+    agent.shutdown().await?;
+    drop(e);
     Ok(())
 }

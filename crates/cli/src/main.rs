@@ -10,18 +10,48 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `dari agent`: the node agent plus the node's service proxy, in one process.
+#[derive(clap::Args)]
+struct AgentCmd {
+    #[command(flatten)]
+    agent: dari_agent::AgentArgs,
+    /// Service ClusterIP range (the proxy's service CIDR).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: ipnet::IpNet,
+    /// Pod network of the cluster (traffic from outside it to Services is masqueraded).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnet::IpNet,
+    /// Do not run the service proxy on this node.
+    #[arg(long)]
+    no_proxy: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the API server (datastore, PKI, controllers as they land).
     Server(dari_apiserver::ServerArgs),
+    /// Run a node: register it, run its pods through containerd (CRI), and program its Services (nftables).
+    Agent(AgentCmd),
     /// Run the cluster DNS (Kubernetes DNS spec, forward and cache) against an API server.
     Dns(dari_dns::config::DnsArgs),
     /// Run the nftables service proxy (ClusterIP, NodePort, session affinity) for one node.
     Proxy(dari_proxy::ProxyArgs),
+    /// A multi-node cluster in network namespaces on this machine: up, down, status, exec.
+    Lab(dari_lab::LabArgs),
+    /// The small servers inside the lab's stand-in images (whoami, echo-server, pause).
+    #[command(hide = true)]
+    Applet {
+        /// Applet name and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Applet { args } = &cli.cmd {
+        std::process::exit(dari_lab::applet_main(args));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DARI_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
         .with_writer(std::io::stderr)
@@ -51,6 +81,31 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("dari server listening on https://{}", server.addr);
                 eprintln!("export KUBECONFIG={}", server.admin_kubeconfig.display());
                 server.wait().await;
+                Ok(())
+            }
+            Cmd::Lab(args) => {
+                let code = dari_lab::run(args).await?;
+                std::process::exit(code);
+            }
+            Cmd::Applet { .. } => Ok(()),
+            Cmd::Agent(a) => {
+                let cfg = dari_agent::AgentConfig::from_args(a.agent)?;
+                let proxy = (!a.no_proxy).then(|| dari_proxy::ProxyRunConfig {
+                    kubeconfig: Some(cfg.kubeconfig.clone()),
+                    node_name: cfg.node_name.clone(),
+                    proxy: dari_proxy::ProxyConfig { cluster_cidrs: vec![a.cluster_cidr], service_cidrs: vec![a.service_cidr], ..Default::default() },
+                    min_sync_period: std::time::Duration::from_millis(200),
+                    full_sync_period: std::time::Duration::from_secs(3600),
+                    netns: None,
+                });
+                if let Some(p) = proxy {
+                    tokio::spawn(async move {
+                        if let Err(e) = dari_proxy::run(p).await {
+                            tracing::error!(error = %e, "service proxy stopped");
+                        }
+                    });
+                }
+                dari_agent::run(cfg).await?;
                 Ok(())
             }
             Cmd::Proxy(args) => {

@@ -146,6 +146,7 @@ fn respond(s: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
 pub fn serve(listener: TcpListener, handler: fn(SocketAddr, &Request) -> Vec<u8>) -> std::io::Result<()> {
     loop {
         let (mut s, peer) = listener.accept()?;
+        let peer = unmap(peer);
         std::thread::spawn(move || {
             let Ok(r) = s.try_clone() else { return };
             let mut br = BufReader::new(r);
@@ -154,6 +155,17 @@ pub fn serve(listener: TcpListener, handler: fn(SocketAddr, &Request) -> Vec<u8>
                 let _ = respond(&mut s, &body);
             }
         });
+    }
+}
+
+/// `[::ffff:a.b.c.d]:p` (an IPv4 client of a dual-stack socket) → `a.b.c.d:p`, as Go prints it.
+pub fn unmap(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => a,
+        },
+        v4 => v4,
     }
 }
 
@@ -282,6 +294,12 @@ mod tests {
     fn echo_format() {
         let b = String::from_utf8(echo_body("nginx1-deployment-1", &req())).unwrap();
         assert_eq!(b, "Request served by nginx1-deployment-1\n\nHTTP/1.1 GET /x?y=1\n\nAccept: */*\nHost: a.com\nUser-Agent: curl/7.88.1\n");
+    }
+
+    #[test]
+    fn mapped_addresses_print_as_ipv4() {
+        assert_eq!(unmap("[::ffff:172.31.0.11]:33324".parse().unwrap()).to_string(), "172.31.0.11:33324");
+        assert_eq!(unmap("[fe80::1]:80".parse().unwrap()).to_string(), "[fe80::1]:80");
     }
 
     #[test]

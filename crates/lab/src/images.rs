@@ -260,9 +260,20 @@ fn read(image: &str, p: &Path) -> Result<Vec<u8>> {
     std::fs::read(p).map_err(|e| LabError::Image { image: image.into(), reason: format!("read {}: {e}", p.display()) })
 }
 
+/// The applet binary without symbols (a debug build is ~25 MB, stripped well under 1 MB):
+/// `strip --strip-all -o TMP BIN` when binutils' strip exists, else the file as is.
+fn stripped(image: &str, bin: &Path) -> Result<Vec<u8>> {
+    let tmp = std::env::temp_dir().join(format!("dari-applet-strip-{}", std::process::id()));
+    let ok = Command::new("strip").arg("--strip-all").arg("-o").arg(&tmp).arg(bin).status().map(|s| s.success()).unwrap_or(false);
+    let data = if ok { read(image, &tmp) } else { read(image, bin) };
+    let _ = std::fs::remove_file(&tmp);
+    data
+}
+
 /// Copies `bin` and its libraries into `layer` at `to`.
 fn add_dynamic(layer: &mut Layer, image: &str, bin: &Path, to: &str) -> Result<()> {
-    layer.file(to, 0o755, read(image, bin)?);
+    let data = if to == "/usr/local/bin/dari-applet" { stripped(image, bin)? } else { read(image, bin)? };
+    layer.file(to, 0o755, data);
     let out = Command::new("ldd")
         .arg(bin)
         .output()

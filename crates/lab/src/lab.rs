@@ -101,6 +101,9 @@ pub struct LabUpArgs {
     /// Network only: no server, agents or forwarder (for debugging the topology).
     #[arg(long)]
     pub network_only: bool,
+    /// Do not wait for the nodes to be Ready (kubectl) at the end.
+    #[arg(long)]
+    pub no_wait: bool,
     /// Seconds to wait for each component.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -123,6 +126,7 @@ impl Default for LabUpArgs {
             dari: None,
             no_images: false,
             network_only: false,
+            no_wait: false,
             timeout: 60,
         }
     }
@@ -263,6 +267,46 @@ pub fn agent_argv(dari: &Path, plan: &LabPlan, node: &NodePlan, dirs: &LabDirs, 
     ]
 }
 
+/// The forwarder process: `dari lab forward ARGS`, or `dari-lab forward ARGS` when this is the
+/// standalone `dari-lab` binary.
+fn forwarder_argv(dari: &Path, args: &[String]) -> Vec<String> {
+    let me = std::env::current_exe().ok();
+    let mut v = match me {
+        Some(exe) if exe.file_name().is_some_and(|n| n == "dari-lab") => vec![exe.display().to_string(), "forward".into()],
+        _ => vec![dari.display().to_string(), "lab".into(), "forward".into()],
+    };
+    v.extend(args.iter().cloned());
+    v
+}
+
+/// The in-lab resolver on the hub (pure): `dnsmasq` answering the node names (`NAME` and
+/// `NAME.lab`), `hub.lab` and `outside.lab` (the hub address), and NXDOMAIN for everything
+/// else: no upstream, so no query ever leaves the host. The cluster DNS uses it as upstream.
+pub fn dns_argv(plan: &LabPlan) -> Vec<String> {
+    let hub = plan.hub.addr.addr();
+    let mut v: Vec<String> = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--pid-file=",
+        "--log-facility=-",
+        "--user=root",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(format!("--listen-address={hub}"));
+    v.push(format!("--host-record=hub.lab,outside.lab,{hub}"));
+    for n in &plan.nodes {
+        v.push(format!("--host-record={},{}.lab,{}", n.name, n.name, n.ip()));
+    }
+    v.push("--address=/#/".into());
+    v
+}
+
 /// The admin kubeconfig with every `server:` pointed at `url` (pure, line based: the file is
 /// the one `dari_pki` renders).
 pub fn rewrite_kubeconfig(text: &str, url: &str) -> String {
@@ -391,7 +435,7 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
     let plan = state.plan.clone();
     let timeout = Duration::from_secs(args.timeout);
     let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
-    progress(&format!("[1/5] network: hub {} ({} {}), nodes {}", plan.hub.netns, plan.hub.bridge, plan.hub.addr, names.join(", ")));
+    progress(&format!("[1/6] network: hub {} ({} {}), nodes {}", plan.hub.netns, plan.hub.bridge, plan.hub.addr, names.join(", ")));
     let p2 = plan.clone();
     blocking(move || {
         let mut n = RealNet::new()?;
@@ -405,16 +449,34 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
         progress(&format!("network ready in {:.1}s (--network-only: no processes)", t0.elapsed().as_secs_f64()));
         return Ok(None);
     }
+    let hub_ip = plan.hub.addr.addr();
+    progress(&format!("[2/6] in-lab services on the hub {hub_ip}: DNS :53 (dnsmasq, lab names only, NXDOMAIN otherwise)"));
+    let dns = ProcSpec { name: "dns".into(), netns: Some(netns_path(&plan.hub.netns)), argv: dns_argv(&plan), env: vec![] };
+    procs::spawn(&dns, &dirs.root)?;
+    let hub_dialer = Dialer::new(&netns_path(&plan.hub.netns))?;
+    if let Some(applet) = crate::images::find_applet() {
+        let w = ProcSpec {
+            name: "outside-whoami".into(),
+            netns: Some(netns_path(&plan.hub.netns)),
+            argv: vec![applet.display().to_string(), "whoami".into(), "--port".into(), "80".into()],
+            env: vec![],
+        };
+        let pid = procs::spawn(&w, &dirs.root)?;
+        wait_tcp("outside whoami", Some(&hub_dialer), SocketAddr::from((hub_ip, 80)), timeout, Some(pid), &dirs.root.join("logs/outside-whoami.log")).await?;
+        progress(&format!("      whoami on http://{hub_ip}:80 (outside the cluster, inside the lab: RemoteAddr shows masquerading)"));
+    } else {
+        progress("      no outside whoami: dari-applet not found (build it: cargo build -p dari-lab --bin dari-applet)");
+    }
     let cp = plan.control_plane().clone();
     let images = if args.no_images {
         None
     } else {
-        progress("[2/5] stand-in images (lab only: a real cluster pulls the real images)");
+        progress("[3/6] stand-in images (lab only: a real cluster pulls the real images)");
         let out = dirs.images();
         Some(blocking(move || crate::images::build_images_with(&out, &crate::images::default_inputs()?, &mut |l| progress(l))).await?)
     };
 
-    progress(&format!("[3/5] control plane: dari server on {}:{API_PORT} in {}", cp.ip(), cp.netns));
+    progress(&format!("[4/6] control plane: dari server on {}:{API_PORT} in {}", cp.ip(), cp.netns));
     let server = ProcSpec {
         name: "server".into(),
         netns: Some(netns_path(&cp.netns)),
@@ -433,17 +495,14 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
     let fwd = ProcSpec {
         name: "forward".into(),
         netns: None,
-        argv: vec![
-            state.dari.display().to_string(),
-            "lab".into(),
-            "forward".into(),
+        argv: forwarder_argv(&state.dari, &[
             "--netns".into(),
             netns_path(&cp.netns).display().to_string(),
             "--listen".into(),
             state.api_listen.to_string(),
             "--upstream".into(),
             upstream.to_string(),
-        ],
+        ]),
         env: vec![],
     };
     let fpid = procs::spawn(&fwd, &dirs.root)?;
@@ -453,7 +512,7 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
     std::fs::write(&kc, rewrite_kubeconfig(&text, &format!("https://{}", state.api_listen))).map_err(|e| LabError::io("write", &kc, e))?;
     progress(&format!("      API on https://{} (forwarded into {})", state.api_listen, cp.netns));
 
-    progress(&format!("[4/5] agents ({} backend)", state.backend));
+    progress(&format!("[5/6] agents ({} backend)", state.backend));
     let mut agents = Vec::new();
     for n in &plan.nodes {
         let spec = ProcSpec {
@@ -486,9 +545,53 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
             progress(&format!("      {:<24} agent pid {pid}, {} images imported", n.name, archives.len()));
         }
     }
-    progress(&format!("[5/5] lab up in {:.1}s", t0.elapsed().as_secs_f64()));
+    if args.no_wait {
+        progress("      not waiting for nodes to be Ready (--no-wait)");
+    } else {
+        let t = Instant::now();
+        wait_nodes_ready(&kc, &plan, &agents, dirs, timeout).await?;
+        progress(&format!("      all {} nodes Ready after {:.1}s", plan.nodes.len(), t.elapsed().as_secs_f64()));
+    }
+    progress(&format!("[6/6] lab up in {:.1}s", t0.elapsed().as_secs_f64()));
     print_usage(dirs, state);
     Ok(Some(kc))
+}
+
+/// `NAME=True|False|Unknown` per node from `kubectl get nodes` (pure parser of the jsonpath output).
+pub fn parse_ready(text: &str) -> Vec<(String, String)> {
+    text.lines().filter_map(|l| l.trim().split_once('=')).map(|(n, r)| (n.to_string(), r.to_string())).collect()
+}
+
+async fn wait_nodes_ready(kc: &Path, plan: &LabPlan, agents: &[(NodePlan, u32)], dirs: &LabDirs, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for (n, pid) in agents {
+            if !procs::alive(*pid as i32) {
+                let log = dirs.root.join(format!("logs/agent-{}.log", n.name));
+                return Err(LabError::Process {
+                    what: format!("agent {}", n.name),
+                    detail: format!("exited; log {}:\n{}", log.display(), tail(&log, 15)),
+                    source: None,
+                });
+            }
+        }
+        let out = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args(["get", "nodes", "-o", r#"jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#])
+            .output()
+            .await
+            .map_err(|e| LabError::Process { what: "kubectl get nodes".into(), detail: "is kubectl installed? (apt-get install kubectl)".into(), source: Some(e) })?;
+        let last = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let ready = parse_ready(&String::from_utf8_lossy(&out.stdout));
+        if plan.nodes.iter().all(|n| ready.iter().any(|(m, r)| *m == n.name && r == "True")) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout { what: format!("all nodes Ready (last: {})", last.trim().replace('\n', ", ")), secs: timeout.as_secs() });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn print_usage(dirs: &LabDirs, state: &LabState) {

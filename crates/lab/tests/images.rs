@@ -81,6 +81,44 @@ fn build_check_run_and_import() {
             assert!(!text.contains("error while loading shared libraries"), "{key}: {c:?}:\n{text}");
         }
     }
+    // The servers answer like the originals, each started from its unpacked image under chroot
+    // in a throwaway network namespace (loopback only).
+    let ns = format!("ti{}", std::process::id() % 100000);
+    let mut net = dari_lab::net::RealNet::new().unwrap();
+    use dari_lab::net::LabNet;
+    net.create_netns(&ns).unwrap();
+    net.link_up(&ns, "lo").unwrap();
+    let nsarg = format!("--net={}", dari_lab::net::netns_path(&ns).display());
+    let serve_check = std::panic::catch_unwind(|| {
+        for (key, cmd, url, want) in [
+            ("nginx", vec!["nginx", "-g", "daemon off;"], "http://127.0.0.1:80/", "Welcome to nginx!"),
+            ("whoami", vec!["/whoami", "--port", "8081"], "http://127.0.0.1:8081/x", "RemoteAddr: 127.0.0.1:"),
+            ("echo-server", vec!["/bin/echo-server"], "http://127.0.0.1:8080/y", "Request served by "),
+        ] {
+            let root = tmp.path().join("rootfs").join(key);
+            let mut child = Command::new("nsenter").arg(&nsarg).arg("--").arg("chroot").arg(&root).args(&cmd).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let body = loop {
+                let o = Command::new("nsenter").arg(&nsarg).args(["--", "curl", "-s", "--max-time", "2", url]).output().unwrap();
+                let body = String::from_utf8_lossy(&o.stdout).into_owned();
+                if body.contains(want) || Instant::now() > deadline {
+                    break body;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(body.contains(want), "{key}: {url} answered {body:?}");
+        }
+    });
+    // nginx forks workers: everything left in the namespace goes.
+    let left = dari_lab::procs::lab_processes(&[dari_lab::net::netns_path(&ns)], tmp.path());
+    dari_lab::procs::stop(&left, Duration::from_secs(5));
+    net.delete_netns(&ns).unwrap();
+    if let Err(e) = serve_check {
+        std::panic::resume_unwind(e);
+    }
+
     for n in ["busybox", "nginx", "traefik/whoami", "jmalloc/echo-server", "nicolaka/netshoot", "ubuntu:20.04"] {
         assert!(names.contains(&normalize(n)), "{n} missing from {names:?}");
     }

@@ -52,6 +52,7 @@ fn up_status_exec_down() {
         api_listen: format!("127.0.0.1:{port}").parse().unwrap(),
         dari: Some(wrapper),
         no_images: true,
+        no_wait: true,
         timeout: 60,
         ..LabUpArgs::default()
     };
@@ -70,17 +71,35 @@ fn up_status_exec_down() {
         assert!(s.contains("cp") && s.contains("w1") && !s.contains("not running"), "{s}");
         let code = rt.block_on(lab::exec(LabExecArgs { dir: dir.clone(), node: "w1".into(), cmd: vec!["ping".into(), "-c1".into(), "-W2".into(), "172.31.0.10".into()] })).unwrap();
         assert_eq!(code, 0, "w1 pings the control plane");
+        // The in-lab resolver answers node names and nothing else.
+        let dig = |name: &str| {
+            let o = Command::new("nsenter").arg(format!("--net=/run/netns/{prefix}-w1")).args(["--", "dig", "+short", "+time=2", "+tries=1", "@172.31.0.1", name]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        assert_eq!(dig("cp"), "172.31.0.10");
+        assert_eq!(dig("w1.lab"), "172.31.0.11");
+        assert_eq!(dig("example.com"), "", "no upstream: nothing resolves outside the lab");
+        // The "outside" whoami on the hub sees the node's address.
+        let o = Command::new("nsenter").arg(format!("--net=/run/netns/{prefix}-w1")).args(["--", "curl", "-s", "--max-time", "5", "http://172.31.0.1/"]).output().unwrap();
+        let body = String::from_utf8_lossy(&o.stdout);
+        assert!(body.contains("RemoteAddr: 172.31.0.11:"), "{body}");
+        // A pod namespace like containerd's, with its veth peer in node w1: down must remove it.
+        let mut n = dari_lab::net::RealNet::new().unwrap();
+        use dari_lab::net::LabNet;
+        n.create_netns(&format!("cni-{prefix}-pod")).unwrap();
+        n.add_veth(&format!("{prefix}-w1"), "vethpod", &format!("cni-{prefix}-pod"), "eth0", 1350).unwrap();
     }));
     let r1 = rt.block_on(lab::down(LabDirArgs { dir: dir.clone() })).unwrap();
     let r2 = rt.block_on(lab::down(LabDirArgs { dir: dir.clone() })).unwrap();
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
-    assert!(r1.processes.len() >= 4, "server, forwarder, 2 agents (+nsenter-less children): {r1:?}");
+    assert!(r1.processes.len() >= 6, "server, forwarder, 2 agents, dns, outside whoami: {r1:?}");
     for p in &r1.processes {
         assert!(!dari_lab::procs::alive(*p), "pid {p} survived down");
     }
     assert_eq!(r1.netns.len(), 3, "{r1:?}");
+    assert_eq!(r1.pod_netns, vec![format!("cni-{prefix}-pod")], "{r1:?}");
     assert_eq!(r2, dari_lab::lab::DownReport::default(), "second down is a no-op");
     assert!(net::list_netns().iter().all(|n| !n.starts_with(&format!("{prefix}-"))));
     assert!(dari_lab::procs::mounts_under(&dir).is_empty());

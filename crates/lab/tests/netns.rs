@@ -72,6 +72,7 @@ fn apply_and_teardown_leave_the_host_unchanged() {
     need("ip");
     let links_before = root_links();
     let routes_before = sh(&["ip", "-4", "route", "show"]).1;
+    let fwd_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let lab = Lab::new("a", &["cp", "w1"]);
     let prefix = lab.plan.opts.prefix.clone();
     // The lab is there ...
@@ -87,7 +88,7 @@ fn apply_and_teardown_leave_the_host_unchanged() {
     assert!(out.contains("via 172.31.0.1"), "{out}");
     let (_, out) = in_node(&lab, "w1", &["cat", "/proc/sys/net/ipv4/ip_forward"]);
     assert_eq!(out.trim(), "1", "ip_forward inside the node");
-    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim().len(), 1);
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), fwd_before, "the host's ip_forward is untouched");
     let (_, out) = in_node(&lab, "w1", &["ip", "-o", "link", "show", "lo"]);
     assert!(out.contains("UP"), "lo up: {out}");
     // ... and the root namespace got nothing: no link, no route into the lab.

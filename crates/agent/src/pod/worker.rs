@@ -53,6 +53,8 @@ pub struct Shared {
     pub backoff: Backoff,
     /// Status poll interval.
     pub tick: Duration,
+    /// The pods' network namespace when the agent runs outside it (probes connect through it).
+    pub netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -501,7 +503,7 @@ impl PodWorker {
                 continue;
             }
             ps.next.insert(kind, now + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64));
-            let ok = run_probe(self.sh.cri.as_ref(), &rec.id, p, ip, c).await;
+            let ok = run_probe(self.sh.cri.as_ref(), &rec.id, p, ip, c, self.sh.netns.as_deref()).await;
             let fail_th = p.failure_threshold.unwrap_or(3).max(1);
             let succ_th = p.success_threshold.unwrap_or(1).max(1);
             match (kind, ok) {
@@ -651,7 +653,7 @@ fn status_differs(old: Option<&k8s_openapi::api::core::v1::PodStatus>, new: &k8s
 }
 
 /// Runs one probe: exec through CRI, httpGet / tcpSocket from the agent to the pod IP.
-async fn run_probe(cri: &dyn Cri, id: &str, p: &Probe, pod_ip: Option<IpAddr>, c: &Container) -> bool {
+async fn run_probe(cri: &dyn Cri, id: &str, p: &Probe, pod_ip: Option<IpAddr>, c: &Container, netns: Option<&std::path::Path>) -> bool {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
     let port_of = |port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString| -> Option<u16> {
         match port {
@@ -667,13 +669,13 @@ async fn run_probe(cri: &dyn Cri, id: &str, p: &Probe, pod_ip: Option<IpAddr>, c
     }
     if let Some(t) = &p.tcp_socket {
         let (Some(ip), Some(port)) = (t.host.as_deref().and_then(|h| h.parse().ok()).or(pod_ip), port_of(&t.port)) else { return false };
-        return matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(SocketAddr::new(ip, port))).await, Ok(Ok(_)));
+        return crate::netns::connect(SocketAddr::new(ip, port), netns, timeout).await.is_ok();
     }
     if let Some(h) = &p.http_get {
         let (Some(ip), Some(port)) = (h.host.as_deref().and_then(|h| h.parse().ok()).or(pod_ip), port_of(&h.port)) else { return false };
         let path = h.path.clone().unwrap_or_else(|| "/".into());
         let fut = async move {
-            let mut s = tokio::net::TcpStream::connect(SocketAddr::new(ip, port)).await.ok()?;
+            let mut s = crate::netns::connect(SocketAddr::new(ip, port), netns, timeout).await.ok()?;
             let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\n\r\n");
             s.write_all(req.as_bytes()).await.ok()?;
             let mut buf = vec![0u8; 64];

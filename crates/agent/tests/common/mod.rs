@@ -24,7 +24,7 @@ pub struct NetNs {
 impl NetNs {
     pub fn new(tag: &str) -> NetNs {
         let name = format!("dari-agt-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(std::process::Stdio::null()).status();
         let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
         assert!(st.success(), "ip netns add {name}");
         let st = Command::new("ip").args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"]).status().expect("lo up");
