@@ -8,6 +8,8 @@ pkgs=(
   containernetworking-plugins           # reference CNI plugins (delegate IPAM, benchmarks)
   golang-go golang-github-appc-cni-dev  # builds libcni's cnitool, a real CNI runtime for the tests
   dnsutils                              # dig, for DNS tests
+  containerd runc busybox-static        # the node runtime and the lab's stand-in images
+  dnsmasq nginx binutils openssl        # the lab's in-lab resolver, the nginx stand-in image, strip, cert checks
   hyperfine                             # benchmarks
   pkg-config
 )

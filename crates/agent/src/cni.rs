@@ -53,7 +53,7 @@ pub fn render_conflist(flavor: Flavor, pod_cidr: IpNet, mtu: u32, ipam_dir: &Pat
         "bridge": BRIDGE,
         "isGateway": true,
         "isDefaultGateway": true,
-        "ipMasq": true,
+        "ipMasq": false, // pod-to-pod across nodes keeps the source IP (Kubernetes network model); Services are masqueraded by the proxy where needed
         "hairpinMode": true,
         "mtu": mtu,
         "ipam": {

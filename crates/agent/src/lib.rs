@@ -12,6 +12,7 @@
 //! * [`node`]: Node registration and status, Lease renewal, podCIDR wait.
 //! * [`pod`]: pod → CRI translation, status computation, volumes, per-pod workers.
 
+pub mod cgroups;
 pub mod cni;
 pub mod containerd;
 pub mod cri;
@@ -385,6 +386,11 @@ pub async fn clean_orphans(cri: &dyn Cri, node: &str, live_uids: &[String]) -> R
         }
     }
     Ok(())
+}
+
+/// The socket of the containerd the agent starts for `data_dir` (what `dari image import` talks to).
+pub fn containerd_socket(data_dir: &Path) -> PathBuf {
+    containerd::ContainerdConfig::under(data_dir, Path::new(""), Path::new(""), image::PAUSE_IMAGE, None).socket
 }
 
 /// `dari image import FILE.tar`: loads an OCI-layout or docker-archive tarball into the node's

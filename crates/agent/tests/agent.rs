@@ -54,6 +54,7 @@ fn cond(p: &Pod, t: &str) -> Option<String> {
 }
 
 struct Env {
+    _cg: common::CgroupGuard,
     _tmp: tempfile::TempDir,
     server: dari_apiserver::RunningServer,
     netns: common::NetNs,
@@ -89,7 +90,7 @@ async fn env(tag: &str, cidr: &str) -> anyhow::Result<(Env, AgentConfig)> {
         pod_cidr_timeout: Duration::from_secs(5),
         stream_address: Some("127.0.0.1:0".parse()?),
     };
-    Ok((Env { _tmp: tmp, server, netns, node_name, data, cidr }, cfg))
+    Ok((Env { _cg: common::CgroupGuard(format!("/dari/{node_name}")), _tmp: tmp, server, netns, node_name, data, cidr }, cfg))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,6 +430,12 @@ async fn multicontainer_pod_shares_network_and_volume() -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let spec = r#"  terminationGracePeriodSeconds: 1
   restartPolicy: Always
+  initContainers:
+  - name: init
+    image: dari.local/busybox:1.35
+    command: ["sh", "-c", "echo from-init > /cache/init"]
+    volumeMounts:
+    - {mountPath: /cache, name: cache-volume}
   containers:
   - name: ubuntu
     image: dari.local/busybox:1.35
@@ -464,11 +471,16 @@ async fn multicontainer_pod_shares_network_and_volume() -> anyhow::Result<()> {
     assert!(!addrs[0].is_empty() && addrs[0] == addrs[1], "eth0 differs: {addrs:?}");
     let ubuntu = &ids[0];
     let got = wait_for("httpd answers on localhost", Duration::from_secs(10), || async {
-        let (code, out, _) = cri.exec_sync(ubuntu, vec!["sh".into(), "-c".into(), "wget -qO- http://127.0.0.1:80/index.html && cat /cache/file".into()], 5).await.ok()?;
+        let (code, out, _) = cri.exec_sync(ubuntu, vec!["sh".into(), "-c".into(), "wget -qO- http://127.0.0.1:80/index.html && cat /cache/file /cache/init".into()], 5).await.ok()?;
         (code == 0).then(|| String::from_utf8_lossy(&out).into_owned())
     })
     .await;
-    assert_eq!(got, "from-nginx\nshared\n");
+    assert_eq!(got, "from-nginx\nshared\nfrom-init\n");
+    let p = pods.get("multi-container").await?;
+    assert_eq!(cond(&p, "Initialized").as_deref(), Some("True"));
+    let init = p.status.and_then(|s| s.init_container_statuses).unwrap_or_default();
+    let t = init.first().and_then(|c| c.state.clone()).and_then(|s| s.terminated).expect("init terminated");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
     pods.delete("multi-container", &DeleteParams::default()).await?;
     wait_for("pod gone", Duration::from_secs(30), || async { pods.get_opt("multi-container").await.ok()?.is_none().then_some(()) }).await;
     assert!(cri.list_pod_sandboxes().await?.is_empty());

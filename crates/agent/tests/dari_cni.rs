@@ -25,6 +25,7 @@ async fn sandbox_network_with_dari_cni() -> anyhow::Result<()> {
     let bin = dari_cni_bin();
     let dir = tempfile::Builder::new().prefix("dari-agent-cni").tempdir_in("/var/tmp")?;
     let netns = common::NetNs::new("dcni");
+    let _cg = common::CgroupGuard(format!("/dari/dcni-{}", std::process::id()));
     let bin_dir = dir.path().join("cni/bin");
     std::fs::create_dir_all(&bin_dir)?;
     for name in ["dari-bridge", "dari-host-local", "dari-portmap"] {

@@ -13,6 +13,7 @@ use dari_agent::cri::{v1, Cri, RemoteCri};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_and_busybox_container_lifecycle() -> anyhow::Result<()> {
     let node = common::Node::start("rt").await;
+    let _cg = common::CgroupGuard(format!("/dari/test-{}", std::process::id()));
     let cidr: ipnet::IpNet = "10.250.7.0/24".parse()?;
     std::fs::write(node.cni_conf_dir.join(CONFLIST_FILE), render_conflist(Flavor::Reference, cidr, 1450, &node.ipam_dir()))?;
     let cri = RemoteCri::connect(&node.socket()).await?;

@@ -155,7 +155,14 @@ pub async fn start(args: ServerArgs) -> Result<RunningServer, ServerError> {
         .ok_or_else(|| ServerError::Flag { flag: "--service-cluster-ip-range", message: "range too small".into() })?;
     tracing::info!(dir = %dir.display(), "[1/4] certificates");
     let hostname = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
-    let pki = dari_pki::Pki::load_or_create(&dir, &dari_pki::PkiOptions { sans: args.tls_san.clone(), service_ip: IpAddr::V4(first_ip), hostname })
+    // the addresses clients dial must be in the serving certificate
+    let mut sans = args.tls_san.clone();
+    for ip in [Some(args.bind_address), args.advertise_address].into_iter().flatten() {
+        if !ip.is_unspecified() && !sans.contains(&ip.to_string()) {
+            sans.push(ip.to_string());
+        }
+    }
+    let pki = dari_pki::Pki::load_or_create(&dir, &dari_pki::PkiOptions { sans, service_ip: IpAddr::V4(first_ip), hostname })
         .map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
     let pki = Arc::new(pki);
     tracing::info!("[2/4] datastore");

@@ -105,6 +105,22 @@ fn main() -> anyhow::Result<()> {
                         }
                     });
                 }
+                // routes to the other nodes' podCIDRs (host-gw backend)
+                {
+                    let kubeconfig = kube::config::Kubeconfig::read_from(&cfg.kubeconfig)?;
+                    let mut kcfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+                    if let Some(s) = &cfg.server {
+                        kcfg.cluster_url = s.parse()?;
+                    }
+                    let client = kube::Client::try_from(kcfg)?;
+                    let routes: std::sync::Arc<dyn dari_net::Routes> = std::sync::Arc::new(dari_net::NetlinkRoutes::new()?);
+                    let me = cfg.node_name.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = dari_net::run_host_gw(client, me, routes).await {
+                            tracing::error!(error = %e, "node routes stopped");
+                        }
+                    });
+                }
                 dari_agent::run(cfg).await?;
                 Ok(())
             }

@@ -111,5 +111,58 @@ async fn main() -> Result<()> {
     println!("deployment100: marking 100 pods Ready took {marked:?}; all 100 endpoints ready after {endpoints:?} (from first mark)");
     println!("deployment100: rollout status: {}", deps.trim());
     println!("deployment100: process RSS (API server + controllers + scheduler + kubelet fake) {} MiB", rss_kib() / 1024);
+    drop(c);
+    memory_10k().await
+}
+
+/// 10,000 bound pods in the API, then the controllers + scheduler start: RSS before and after their
+/// caches hold them (the delta is what the control plane's watches cost, plus the API server's list work).
+async fn memory_10k() -> Result<()> {
+    let c = common::start().await?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
+    for i in 0..10 {
+        let n = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{i}")}}))?;
+        nodes.create(&Default::default(), &n).await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let t0 = Instant::now();
+    let mut i = 0;
+    while i < 10_000 {
+        let futs = (i..(i + 50).min(10_000)).map(|k| {
+            let pods = pods.clone();
+            async move {
+                let p: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("p-{k}"), "labels": {"app": "bulk", "n": format!("{}", k % 10)}},
+                    "spec": {"nodeName": format!("node-{}", k % 10), "containers": [{"name": "c", "image": "busybox", "ports": [{"containerPort": 80}]}]},
+                }))?;
+                pods.create(&Default::default(), &p).await.map_err(anyhow::Error::from)
+            }
+        });
+        for r in futures::future::join_all(futs).await {
+            r?;
+        }
+        i += 50;
+    }
+    println!("memory10k: created 10,000 pods in {:?}", t0.elapsed());
+    let before = rss_kib();
+    let client = c.client.clone();
+    let cm = tokio::spawn(dari_controllers::run_controllers(client.clone(), common::test_config("bench")));
+    let sc = tokio::spawn(dari_scheduler::run_scheduler(client.clone(), dari_scheduler::SchedulerConfig::default()));
+    // a marker: once a 1-replica deployment gets a bound pod, every cache has synced
+    let d = json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"marker"},"spec":{"replicas":1,
+        "selector":{"matchLabels":{"app":"marker"}},"template":{"metadata":{"labels":{"app":"marker"}},"spec":{"containers":[{"name":"c","image":"a"}]}}}});
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "default");
+    deps.create(&Default::default(), &serde_json::from_value(d)?).await?;
+    let t1 = Instant::now();
+    common::eventually("marker pod", Duration::from_secs(120), || async {
+        let l = pods.list(&ListParams::default().labels("app=marker")).await.ok()?;
+        l.items.iter().any(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).then_some(())
+    })
+    .await?;
+    let after = rss_kib();
+    println!("memory10k: controllers+scheduler synced 10,000 pods and acted in {:?}", t1.elapsed());
+    println!("memory10k: process RSS {} MiB before, {} MiB after starting controllers+scheduler (delta {} MiB)", before / 1024, after / 1024, (after.saturating_sub(before)) / 1024);
+    cm.abort();
+    sc.abort();
     Ok(())
 }

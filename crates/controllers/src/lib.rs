@@ -224,6 +224,7 @@ pub async fn run_controllers(client: Client, cfg: ControllersConfig) -> Result<(
     let ipam = ipam::IpamController::new(client.clone(), &inf.nodes, cfg.cluster_cidr, cfg.node_cidr_mask, Recorder::new(client.clone(), "node-ipam-controller"));
     let sa = serviceaccount::ServiceAccountController::new(client.clone(), &inf.namespaces, &inf.serviceaccounts);
     let nl = nodelifecycle::NodeLifecycleController::new(client.clone(), &inf, &cfg, Recorder::new(client.clone(), "node-controller"));
+    let gc = gc::GarbageCollector::new(client.clone(), &inf);
     let mut tasks = tokio::task::JoinSet::new();
     inf.start(&mut tasks);
     inf.ready().await;
@@ -236,7 +237,7 @@ pub async fn run_controllers(client: Client, cfg: ControllersConfig) -> Result<(
     tasks.spawn(ipam.run());
     tasks.spawn(sa.run(w.min(2)));
     tasks.spawn(nl.run());
-    tasks.spawn(gc::run(client.clone()));
+    tasks.spawn(gc.run());
     while tasks.join_next().await.is_some() {}
     Ok(())
 }

@@ -247,3 +247,150 @@ async fn leadership_moves_to_the_standby_within_the_lease_duration() -> Result<(
     b.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_background_foreground_orphan() -> Result<()> {
+    let mut c = start().await?;
+    c.add_nodes(2).await?;
+    c.run_fake_kubelet();
+    c.run_control_plane();
+    let mk = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}"}},"spec":{{"replicas":2,
+          "selector":{{"matchLabels":{{"app":"{name}"}}}},"template":{{"metadata":{{"labels":{{"app":"{name}"}}}},"spec":{{"containers":[{{"name":"c","image":"a"}}]}}}}}}}}"#
+        )
+    };
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let rss: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(c.client.clone(), "default");
+    for name in ["bg", "fg", "or"] {
+        let f = c.dir.path().join(format!("{name}.json"));
+        std::fs::write(&f, mk(name))?;
+        c.ok(&["apply", "-f", f.to_str().unwrap_or_default()]).await;
+        c.ok(&["rollout", "status", &format!("deployment/{name}"), "--timeout=30s"]).await;
+    }
+    // background (kubectl's default): deployment gone at once, then its RS and pods
+    c.ok(&["delete", "deployment", "bg"]).await;
+    eventually("bg pods gone", T, || async {
+        (bound_pods(&pods, "app=bg").await.is_empty() && rss.list(&ListParams::default().labels("app=bg")).await.ok()?.items.is_empty()).then_some(())
+    })
+    .await?;
+    // foreground: the deployment stays (with its finalizer) until its dependents are gone
+    c.ok(&["delete", "deployment", "fg", "--cascade=foreground", "--wait=false"]).await;
+    let deps: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    eventually("fg deployment gone after its pods", T, || async {
+        let d = deps.get_opt("fg").await.ok()?;
+        if d.is_none() {
+            return Some(());
+        }
+        None
+    })
+    .await?;
+    assert!(bound_pods(&pods, "app=fg").await.is_empty(), "foreground deletion removed the owner before its pods");
+    // orphan: RS and pods stay, without the ownerReference
+    c.ok(&["delete", "deployment", "or", "--cascade=orphan"]).await;
+    eventually("or deployment gone", T, || async { deps.get_opt("or").await.ok()?.is_none().then_some(()) }).await?;
+    let rs = eventually("orphaned rs", T, || async {
+        let l = rss.list(&ListParams::default().labels("app=or")).await.ok()?;
+        l.items.into_iter().find(|r| r.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()))
+    })
+    .await?;
+    assert_eq!(rs.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    assert_eq!(bound_pods(&pods, "app=or").await.len(), 2, "orphaned pods stay");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_node_goes_unknown_gets_tainted_and_its_pods_are_evicted() -> Result<()> {
+    let c = start().await?;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
+    for name in ["alive", "silent"] {
+        nodes.create(&Default::default(), &serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))?).await?;
+        c.mark_node_ready(name).await?;
+    }
+    let renew = move |name: &'static str| {
+        let leases = leases.clone();
+        async move {
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
+            let l = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
+            leases.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&l)).await.map(|_| ())
+        }
+    };
+    renew("silent").await?;
+    let keep = tokio::spawn(async move {
+        loop {
+            let _ = renew("alive").await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    for (name, secs) in [("quick", 1), ("patient", 3600)] {
+        let p: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": "silent", "containers": [{"name": "c", "image": "x"}],
+                     "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": secs}]}}))?;
+        pods.create(&Default::default(), &p).await?;
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}}))).await?;
+    }
+    let cfg = dari_controllers::ControllersConfig { node_monitor_grace_period: Duration::from_secs(5), node_monitor_period: Duration::from_millis(300), ..common::test_config("nl") };
+    let cm = tokio::spawn(dari_controllers::run(c.client.clone(), cfg));
+    let n = eventually("silent is Unknown and tainted", T, || async {
+        let n = nodes.get("silent").await.ok()?;
+        let ready = n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?.status.clone();
+        let taints = n.spec.as_ref()?.taints.clone().unwrap_or_default();
+        (ready == "Unknown" && taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute")).then_some(n)
+    })
+    .await?;
+    assert!(n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoSchedule")));
+    eventually("quick evicted", T, || async {
+        let p = pods.get_opt("quick").await.ok()?;
+        p.is_none_or(|p| p.metadata.deletion_timestamp.is_some()).then_some(())
+    })
+    .await?;
+    let patient = pods.get("patient").await?;
+    assert!(patient.metadata.deletion_timestamp.is_none(), "a pod tolerating for an hour stays");
+    let ready = patient.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
+    assert_eq!(ready.as_deref(), Some("False"));
+    let alive = nodes.get("alive").await?;
+    eprintln!("alive lease: {:?}", Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.client.clone(), "kube-node-lease").get("alive").await.ok().and_then(|l| l.spec));
+    eprintln!("alive node: {:?}", alive.status.as_ref().and_then(|s| s.conditions.clone()));
+    assert_eq!(alive.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone()).as_deref(), Some("True"));
+    assert!(alive.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty()));
+    // the node reports again: taints go
+    c.mark_node_ready("silent").await?;
+    eventually("silent untainted", T, || async { nodes.get("silent").await.ok()?.spec?.taints.is_none_or(|t| t.is_empty()).then_some(()) }).await?;
+    keep.abort();
+    cm.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_one_pod_per_eligible_node_and_rolling_update() -> Result<()> {
+    let mut c = start().await?;
+    c.add_nodes(3).await?;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    nodes.patch("node-2", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}}))).await?;
+    c.run_fake_kubelet();
+    c.run_control_plane();
+    let ds = r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"agent"},"spec":{
+      "selector":{"matchLabels":{"app":"agent"}},"template":{"metadata":{"labels":{"app":"agent"}},"spec":{"containers":[{"name":"c","image":"a"}]}}}}"#;
+    let f = c.dir.path().join("ds.json");
+    std::fs::write(&f, ds)?;
+    c.ok(&["apply", "-f", f.to_str().unwrap_or_default()]).await;
+    let out = c.ok(&["rollout", "status", "ds/agent", "--timeout=30s"]).await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let ps = bound_pods(&pods, "app=agent").await;
+    let on: std::collections::BTreeSet<String> = ps.iter().filter_map(node_of).collect();
+    assert_eq!(on, ["node-0".to_string(), "node-1".to_string()].into(), "no pod on the tainted node-2");
+    assert_eq!(ps.len(), 2);
+    c.ok(&["set", "image", "ds/agent", "c=b"]).await;
+    c.ok(&["rollout", "status", "ds/agent", "--timeout=30s"]).await;
+    eventually("2 updated pods", T, || async {
+        let ps = bound_pods(&pods, "app=agent").await;
+        (ps.len() == 2 && ps.iter().all(|p| p.spec.as_ref().and_then(|s| s.containers[0].image.as_deref()) == Some("b") && node_of(p).is_some())).then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -43,7 +43,12 @@ fn main() -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let table = build(&ings, &[svc], &slices, &[], &[], &IngressConfig::default());
     eprintln!("built {} routes from {} ingresses in {:?}", table.route_count(), ings.len(), t0.elapsed());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
     rt.block_on(async move {
         let shared = Arc::new(ArcSwap::from_pointee(table));
         let opts = ProxyOptions { http: vec![listen], https: vec![], ..ProxyOptions::default() };

@@ -470,11 +470,13 @@ impl ClassFilter {
 }
 
 type SvcPortKey = (ObjectKey, String, BackendProtocol);
+type Resolved = (Arc<Backend>, Option<(IssueKind, String)>);
+type Bucket = (Vec<Arc<Route>>, Option<Arc<Route>>);
 
 struct Builder<'a> {
     services: HashMap<ObjectKey, &'a Service>,
     slices: HashMap<ObjectKey, Vec<&'a EndpointSlice>>,
-    backends: HashMap<SvcPortKey, (Arc<Backend>, Option<(IssueKind, String)>)>,
+    backends: HashMap<SvcPortKey, Resolved>,
     issues: BTreeSet<Issue>,
 }
 
@@ -617,7 +619,7 @@ pub fn build(
     let secrets: HashMap<ObjectKey, &Secret> = secrets.iter().map(|s| (ObjectKey::of(&s.metadata), s)).collect();
 
     // host key: Some("a.com") / Some("*.a.com") / None
-    let mut buckets: BTreeMap<Option<String>, (Vec<Arc<Route>>, Option<Arc<Route>>)> = BTreeMap::new();
+    let mut buckets: BTreeMap<Option<String>, Bucket> = BTreeMap::new();
     let mut tls_hosts: BTreeSet<Option<String>> = BTreeSet::new();
     let mut global_default: Option<Arc<Route>> = None;
     let mut certs = CertStore::default();

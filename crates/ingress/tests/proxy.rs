@@ -115,8 +115,7 @@ impl World {
         self
     }
     fn table(&self) -> RouteTable {
-        let t = build(&self.ingresses, &self.services, &self.slices, &[], &self.secrets, &cfg());
-        t
+        build(&self.ingresses, &self.services, &self.slices, &[], &self.secrets, &cfg())
     }
 }
 

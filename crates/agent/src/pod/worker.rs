@@ -378,18 +378,17 @@ impl PodWorker {
                 return Ok(false);
             }
         }
-        if restart {
-            // A container that ran long enough (10 min) resets the back-off.
+        if restart && (rec.not_before.is_none() || rec.waiting.as_ref().map(|w| w.0.as_str()) != Some("CrashLoopBackOff")) {
+            // first time we see this exit: arm the back-off (kubelet restarts after the
+            // delay): initial, doubling per crash, capped; a container that ran for 10
+            // minutes starts over
             let ran = rec.started_at.map(|s| now.duration_since(s)).unwrap_or_default();
             rec.delay = if ran > Duration::from_secs(600) || rec.delay.is_zero() { self.sh.backoff.initial } else { (rec.delay * 2).min(self.sh.backoff.max) };
             rec.last_term = rec.state.clone();
-            if rec.not_before.is_none() || rec.waiting.as_ref().map(|w| w.0.as_str()) != Some("CrashLoopBackOff") {
-                // first time we see this exit: arm the back-off (kubelet restarts after the delay)
-                rec.not_before = Some(now + rec.delay);
-                rec.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container={} pod={}", rec.delay.as_secs(), c.name, self.key)));
-                rec.state = Some(CState::Waiting { reason: "CrashLoopBackOff".into(), message: String::new() });
-                return Ok(false);
-            }
+            rec.not_before = Some(now + rec.delay);
+            rec.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container={} pod={}", rec.delay.as_secs(), c.name, self.key)));
+            rec.state = Some(CState::Waiting { reason: "CrashLoopBackOff".into(), message: String::new() });
+            return Ok(false);
         }
         let attempt = if rec.id.is_empty() && rec.restart_count == 0 && rec.last_term.is_none() { 0 } else { rec.attempt + 1 };
         let old_id = std::mem::take(&mut rec.id);
@@ -405,8 +404,14 @@ impl PodWorker {
                 self.set_waiting(&c.name, "ErrImageNeverPull", format!("container image \"{image}\" is not present with pull policy of Never"));
                 return Ok(false);
             }
-            _ => match self.sh.cri.pull_image(&image, sandbox_cfg.clone()).await {
+            (present, _) => match self.sh.cri.pull_image(&image, sandbox_cfg.clone()).await {
                 Ok(r) => r,
+                // air-gapped nodes (no registry reachable, images imported with `dari image import`):
+                // a failed pull of an image the node already has uses that image, and says so
+                Err(e) if present.is_some() => {
+                    tracing::warn!(%image, error = %e, "pull failed; using the image already present on the node");
+                    present.map(|img| img.id).unwrap_or_default()
+                }
                 Err(e) => {
                     self.set_waiting(&c.name, "ErrImagePull", e.to_string());
                     let rec = self.ctrs.entry(c.name.clone()).or_default();
@@ -629,6 +634,7 @@ impl PodWorker {
         }
         let dir = self.sh.pods_dir.join(&uid);
         let _ = std::fs::remove_dir_all(&dir);
+        crate::cgroups::remove(std::path::Path::new(crate::cgroups::ROOT), &translate::pod_cgroup(&self.pod, &self.sh.node));
         self.sandbox_id = None;
         tracing::info!(pod = %self.key, "pod torn down");
     }

@@ -39,6 +39,15 @@ impl NetNs {
     }
 }
 
+/// Removes a test node's cgroup tree (`/dari/<name>`) when dropped.
+pub struct CgroupGuard(pub String);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        dari_agent::cgroups::remove(Path::new(dari_agent::cgroups::ROOT), &self.0);
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
