@@ -1,35 +1,25 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds dari, starts `dari server` in the background with its data in
-# /var/lib/dari, and applies a demo. Run as root on Debian 12.
+# Installs what is missing, builds dari, starts a 4-node lab cluster (network namespaces on this
+# machine: myk8s-control-plane + 3 workers, each with its own containerd) and applies the seed 003
+# ClusterIP scenario. Run as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-echo "==> building dari (release)"
-cargo build --release --quiet -p dari
-DATA=${DARI_DATA_DIR:-/var/lib/dari}
-mkdir -p "$DATA"
-if [ -f "$DATA/server.pid" ] && kill -0 "$(cat "$DATA/server.pid")" 2>/dev/null; then
-  echo "==> dari server already running (pid $(cat "$DATA/server.pid"))"
-else
-  echo "==> starting dari server (log: $DATA/server.log)"
-  nohup ./target/release/dari server --data-dir "$DATA" >"$DATA/server.log" 2>&1 &
-  echo $! >"$DATA/server.pid"
-fi
-export KUBECONFIG="$DATA/admin.kubeconfig"
-for i in $(seq 1 100); do
-  if [ -f "$KUBECONFIG" ] && kubectl get --raw /readyz >/dev/null 2>&1; then break; fi
-  if ! kill -0 "$(cat "$DATA/server.pid")" 2>/dev/null; then echo "dari server exited:"; tail -20 "$DATA/server.log"; exit 1; fi
-  sleep 0.2
-done
-kubectl get --raw /readyz >/dev/null
-echo "==> demo: the hard-way nginx deployment and the ClusterIP scenario's service"
-kubectl apply -f examples/demo.yaml
-kubectl get ns
-kubectl get deploy,svc,endpoints -n demo -o wide
+echo "==> building dari"
+cargo build --quiet --workspace --bins
+./target/debug/dari lab down >/dev/null 2>&1 || true
+./target/debug/dari lab up --nodes myk8s-control-plane,myk8s-worker,myk8s-worker2,myk8s-worker3
+export KUBECONFIG=/var/lib/dari-lab/kubeconfig
+echo "==> seed 003: three whoami pods, a netshoot pod and a ClusterIP Service"
+kubectl apply -f ../shared/scenarios/seed-003-clusterip/ 2>/dev/null || kubectl apply -f examples/demo.yaml
+kubectl wait --for=condition=Ready pod --all --timeout=120s || true
+kubectl get nodes -o wide
+kubectl get pods -o wide
 cat <<MSG
 
-dari server is up.
+The lab is up.
   export KUBECONFIG=$KUBECONFIG
-  kubectl get svc -A
-Stop it with: kill \$(cat $DATA/server.pid)
+  kubectl get svc svc-clusterip
+  ./target/debug/dari lab exec myk8s-control-plane -- curl -s \$(kubectl get svc svc-clusterip -o jsonpath={.spec.clusterIP}):9000
+Tear it down with: ./target/debug/dari lab down
 MSG
