@@ -148,7 +148,8 @@ async fn memory_10k() -> Result<()> {
     let client = c.client.clone();
     let cm = tokio::spawn(dari_controllers::run_controllers(client.clone(), common::test_config("bench")));
     let sc = tokio::spawn(dari_scheduler::run_scheduler(client.clone(), dari_scheduler::SchedulerConfig::default()));
-    // a marker: once a 1-replica deployment gets a bound pod, every cache has synced
+    // a marker: once a 1-replica deployment has a pod that the scheduler has judged (the fake nodes are
+    // full and not Ready, so PodScheduled=False), the controllers' and the scheduler's caches have synced
     let d = json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"marker"},"spec":{"replicas":1,
         "selector":{"matchLabels":{"app":"marker"}},"template":{"metadata":{"labels":{"app":"marker"}},"spec":{"containers":[{"name":"c","image":"a"}]}}}});
     let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "default");
@@ -156,7 +157,10 @@ async fn memory_10k() -> Result<()> {
     let t1 = Instant::now();
     common::eventually("marker pod", Duration::from_secs(120), || async {
         let l = pods.list(&ListParams::default().labels("app=marker")).await.ok()?;
-        l.items.iter().any(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).then_some(())
+        l.items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled")))
+            .then_some(())
     })
     .await?;
     let after = rss_kib();

@@ -61,7 +61,8 @@ where
         let me = self.clone();
         tasks.spawn(async move {
             let Some(mut writer) = writer else { return };
-            let mut stream = watcher(me.api.clone(), me.cfg.clone()).default_backoff().boxed();
+            // managedFields are never read by controllers: not caching them saves memory on every object
+            let mut stream = watcher(me.api.clone(), me.cfg.clone()).default_backoff().modify(|o| o.meta_mut().managed_fields = None).boxed();
             while let Some(ev) = stream.next().await {
                 let ev = match ev {
                     Ok(ev) => ev,

@@ -68,8 +68,8 @@ pub struct LabUpArgs {
     /// Datastore of the API server.
     #[arg(long, default_value = "sqlite", value_parser = ["sqlite"])]
     pub datastore: String,
-    /// Pod network backend between nodes (passed to every agent).
-    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
+    /// Pod network backend between nodes: host-gw routes (all nodes share the lab LAN). VXLAN is not implemented yet.
+    #[arg(long, default_value = "host-gw", value_parser = ["host-gw"])]
     pub backend: String,
     /// Lab directory.
     #[arg(long, default_value = DEFAULT_DIR)]
@@ -115,7 +115,7 @@ impl Default for LabUpArgs {
             workers: 3,
             nodes: vec![],
             datastore: "sqlite".into(),
-            backend: "vxlan".into(),
+            backend: "host-gw".into(),
             dir: DEFAULT_DIR.into(),
             prefix: "dari".into(),
             subnet: LabOpts::default().subnet,

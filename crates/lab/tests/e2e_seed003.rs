@@ -1,0 +1,170 @@
+//! End to end (root): a 4-node `dari lab` with the node names of the ClusterIP write-up, the
+//! shared seed 003 manifests applied unchanged with the real kubectl, and the traffic checked
+//! from inside net-pod's own network namespace: ClusterIP spreads over the three webpods on
+//! three other nodes, the server sees net-pod's IP, port 80 is refused at once, session
+//! affinity pins the client, conntrack shows the DNAT; `lab down` leaves no namespace behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const NODES: &str = "myk8s-control-plane,myk8s-worker,myk8s-worker2,myk8s-worker3";
+const PREFIX: &str = "de2e";
+
+fn dari() -> PathBuf {
+    if let Ok(p) = std::env::var("DARI_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/dari");
+    assert!(p.exists(), "{} missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
+    p
+}
+
+fn scenario() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for c in [here.join("../../../shared/scenarios/seed-003-clusterip"), PathBuf::from("/work/shared/scenarios/seed-003-clusterip")] {
+        if c.exists() {
+            return c;
+        }
+    }
+    panic!("../shared/scenarios/seed-003-clusterip not found")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(o.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn kubectl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.args(args).env("KUBECONFIG", self.dir.path().join("kubeconfig"));
+        c
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(dari()).args(["lab", "down", "--dir"]).arg(self.dir.path()).output();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The network namespace (under /run/netns) whose interfaces hold `ip`.
+fn netns_of(ip: &str) -> String {
+    for e in std::fs::read_dir("/run/netns").expect("/run/netns").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("cni-") {
+            continue;
+        }
+        let o = run(Command::new("ip").args(["netns", "exec", &name, "ip", "-4", "-o", "addr"]));
+        if String::from_utf8_lossy(&o.stdout).contains(&format!(" {ip}/")) {
+            return name;
+        }
+    }
+    panic!("no pod network namespace holds {ip}")
+}
+
+fn curl_in(ns: &str, url: &str) -> Output {
+    run(Command::new("ip").args(["netns", "exec", ns, "curl", "-s", "--max-time", "3", url]))
+}
+
+#[test]
+fn seed003_clusterip_across_four_nodes() {
+    assert!(nix_is_root(), "the lab end-to-end test needs root (CI runs as root)");
+    let lab = Lab { dir: tempfile::Builder::new().prefix("dari-e2e").tempdir().expect("tempdir") };
+    let port = free_port();
+    let started = Instant::now();
+    ok(Command::new(dari())
+        .args(["lab", "up", "--nodes", NODES, "--prefix", PREFIX, "--subnet", "172.31.77.0/24", "--api-listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--dir")
+        .arg(lab.dir.path()));
+    eprintln!("lab up (4 nodes Ready) in {:.1}s", started.elapsed().as_secs_f64());
+
+    let nodes = ok(&mut lab.kubectl(&["get", "nodes", "--no-headers"]));
+    assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 4, "{nodes}");
+
+    let dir = scenario();
+    ok(&mut lab.kubectl(&["apply", "-f", dir.to_str().expect("utf8")]));
+    ok(&mut lab.kubectl(&["wait", "--for=condition=Ready", "pod", "--all", "--timeout=180s"]));
+    let pods = ok(&mut lab.kubectl(&["get", "pod", "-o", "wide"]));
+    for (pod, node) in [("webpod1", "myk8s-worker"), ("webpod2", "myk8s-worker2"), ("webpod3", "myk8s-worker3"), ("net-pod", "myk8s-control-plane")] {
+        assert!(pods.lines().any(|l| l.starts_with(pod) && l.contains("Running") && l.contains(node)), "{pod} not Running on {node}:\n{pods}");
+    }
+    // each pod's IP comes from its node's podCIDR
+    for (pod, node) in [("webpod1", "myk8s-worker"), ("net-pod", "myk8s-control-plane")] {
+        let ip = ok(&mut lab.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]));
+        let cidr = ok(&mut lab.kubectl(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"]));
+        let prefix = cidr.rsplit_once('.').map(|(a, _)| a).expect("v4 cidr");
+        assert!(ip.starts_with(&format!("{prefix}.")), "{pod} {ip} not in {node}'s {cidr}");
+    }
+    let eps = ok(&mut lab.kubectl(&["get", "endpoints", "svc-clusterip", "-o", "jsonpath={.subsets[0].addresses[*].ip}"]));
+    assert_eq!(eps.split_whitespace().count(), 3, "{eps}");
+
+    let svc = ok(&mut lab.kubectl(&["get", "svc", "svc-clusterip", "-o", "jsonpath={.spec.clusterIP}"]));
+    let net_ip = ok(&mut lab.kubectl(&["get", "pod", "net-pod", "-o", "jsonpath={.status.podIP}"]));
+    let ns = netns_of(&net_ip);
+
+    // port 80 is not a Service port: refused at once, not a hang
+    let t = Instant::now();
+    let o = curl_in(&ns, &format!("http://{svc}/"));
+    assert!(!o.status.success(), "curl {svc}:80 should fail");
+    assert!(t.elapsed() < Duration::from_secs(2), "port 80 should be rejected at once, took {:?}", t.elapsed());
+
+    // 9000 spreads over the three pods on the three workers; the server sees net-pod's own IP
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let o = curl_in(&ns, &format!("http://{svc}:9000/"));
+        let body = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(body.contains(&format!("RemoteAddr: {net_ip}:")), "the server must see the client pod's IP:\n{body}");
+        let host = body.lines().find_map(|l| l.strip_prefix("Hostname: ")).unwrap_or("none").to_string();
+        *counts.entry(host).or_insert(0) += 1;
+    }
+    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), ["webpod1", "webpod2", "webpod3"], "{counts:?}");
+    assert!(counts.values().all(|c| *c >= 8), "roughly a third each: {counts:?}");
+
+    // conntrack on net-pod's node: client -> ClusterIP:9000, reply from a pod IP:80
+    let ct = ok(Command::new(dari()).args(["lab", "exec", "--dir"]).arg(lab.dir.path()).args(["myk8s-control-plane", "--", "conntrack", "-L", "-p", "tcp", "--dport", "9000"]));
+    assert!(ct.lines().any(|l| l.contains(&format!("src={net_ip}")) && l.contains(&format!("dst={svc}")) && l.contains("sport=80")), "{ct}");
+
+    // session affinity: the patch from the write-up, the defaulted timeout, then one pod only
+    ok(&mut lab.kubectl(&["patch", "svc", "svc-clusterip", "-p", r#"{"spec":{"sessionAffinity":"ClientIP"}}"#]));
+    let timeout = ok(&mut lab.kubectl(&["get", "svc", "svc-clusterip", "-o", "jsonpath={.spec.sessionAffinityConfig.clientIP.timeoutSeconds}"]));
+    assert_eq!(timeout, "10800");
+    // the proxy applies the change asynchronously: wait until one full run of 30 lands on one pod
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts: std::collections::BTreeSet<String> = (0..30)
+            .map(|_| String::from_utf8_lossy(&curl_in(&ns, &format!("http://{svc}:9000/")).stdout).lines().find_map(|l| l.strip_prefix("Hostname: ").map(str::to_string)).unwrap_or_default())
+            .collect();
+        if hosts.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "session affinity never pinned the client: {hosts:?}");
+    }
+
+    // down leaves no namespace of this lab behind
+    ok(Command::new(dari()).args(["lab", "down", "--dir"]).arg(lab.dir.path()));
+    let left = ok(Command::new("ip").args(["netns", "list"]));
+    assert!(!left.lines().any(|l| l.starts_with(PREFIX)), "namespaces left after down:\n{left}");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
