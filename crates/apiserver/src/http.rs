@@ -295,6 +295,11 @@ impl Http {
             Some("Object") => dari_table::IncludeObject::Object,
             _ => dari_table::IncludeObject::Metadata,
         };
+        if matches!(rr.subresource.as_deref(), Some("exec" | "attach" | "portforward")) {
+            let pod = self.api.get(rr.resource, rr.namespace.as_deref(), rr.name.as_deref().unwrap_or("")).await?;
+            let sub = rr.subresource.clone().unwrap_or_default();
+            return crate::nodeproxy::upgrade(&self.api, &pod, &sub, req).await;
+        }
         let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
         let body = if method == Method::POST || method == Method::PUT || method == Method::PATCH || method == Method::DELETE {
             read_body(req).await?
@@ -308,17 +313,6 @@ impl Http {
             ("get", Some("log")) => {
                 let pod = self.api.get(r, ns, rr.name.as_deref().unwrap_or("")).await?;
                 crate::nodeproxy::logs(&self.api, &self.kubelet_tls, &pod, &query).await
-            }
-            ("create", Some("exec")) | ("get", Some("exec")) | ("create", Some("attach")) | ("get", Some("attach")) | ("create", Some("portforward")) | ("get", Some("portforward")) => {
-                let pod = self.api.get(r, ns, rr.name.as_deref().unwrap_or("")).await?;
-                match pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-                    None => Err(ApiError::bad_request(format!("pod {} does not have a host assigned", rr.name.unwrap_or_default()))),
-                    Some(node) => Err(ApiError::unavailable(format!(
-                        "{} of pod {} cannot be served: the node agent proxy for node {node} is not implemented in this dari build yet",
-                        rr.subresource.unwrap_or_default(),
-                        rr.name.unwrap_or_default()
-                    ))),
-                }
             }
             ("get", sub) => {
                 let obj = self.api.get(r, ns, rr.name.as_deref().unwrap_or("")).await?;

@@ -321,26 +321,18 @@ async fn nodes_wide_and_describe() {
     // nothing listens on the node's kubelet port yet: a clear error, not a hang
     let err = c.fails(&["logs", "p"]).await;
     assert!(err.contains("node agent"), "{err}");
-    // a stand-in kubelet on 127.0.0.1 with a CA-signed serving certificate: logs are proxied to it
-    let (cert, key) = c.server.pki.issue_serving_cert("myk8s-worker", &["127.0.0.1"]).expect("serving cert");
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes()).map(|c| c.expect("cert")).collect();
-    let key = rustls_pemfile::private_key(&mut key.as_bytes()).expect("key").expect("a key");
-    #[allow(deprecated)]
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions().expect("tls").with_no_client_auth().with_single_cert(certs, key).expect("server cfg");
+    // a stand-in node agent on 127.0.0.1 (plain HTTP, as dari agent's stream endpoint today): logs are proxied to it
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
     let kubelet = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        let mut tls = acceptor.accept(tcp).await.expect("tls accept");
+        let (mut tcp, _) = listener.accept().await.expect("accept");
         let mut buf = vec![0u8; 4096];
-        let n = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await.expect("read");
+        let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await.expect("read");
         let req = String::from_utf8_lossy(&buf[..n]).into_owned();
         let body = "hello from the container\n";
         let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-        tokio::io::AsyncWriteExt::write_all(&mut tls, resp.as_bytes()).await.expect("write");
-        tokio::io::AsyncWriteExt::shutdown(&mut tls).await.ok();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, resp.as_bytes()).await.expect("write");
+        tokio::io::AsyncWriteExt::shutdown(&mut tcp).await.ok();
         req
     });
     let patch = format!(r#"{{"status":{{"daemonEndpoints":{{"kubeletEndpoint":{{"Port":{port}}}}}}}}}"#);

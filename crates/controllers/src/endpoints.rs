@@ -128,12 +128,15 @@ pub fn desired_slices(svc: &Service, pods: &[Arc<Pod>], nodes: &HashMap<String, 
     out
 }
 
+/// Ports, ready and not-ready addresses of one v1 subset.
+type SubsetParts = (Vec<CorePort>, Vec<EndpointAddress>, Vec<EndpointAddress>);
+
 /// The v1 Endpoints of a Service (ready pods under addresses, others under notReadyAddresses; terminating
 /// pods left out unless publishNotReadyAddresses).
 pub fn desired_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Endpoints {
     let spec = svc.spec.clone().unwrap_or_default();
     let publish = spec.publish_not_ready_addresses.unwrap_or(false);
-    let mut groups: BTreeMap<String, (Vec<CorePort>, Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
+    let mut groups: BTreeMap<String, SubsetParts> = BTreeMap::new();
     for p in selected_pods(svc, pods) {
         if p.metadata.deletion_timestamp.is_some() && !publish {
             continue;

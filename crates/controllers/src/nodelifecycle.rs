@@ -52,7 +52,7 @@ pub fn desired_taints(current: &[Taint], ready: Option<&str>, now: Timestamp) ->
             out.push(existing.unwrap_or_else(|| Taint {
                 key: k.into(),
                 effect: effect.into(),
-                time_added: (effect == "NoExecute").then(|| Time(now)),
+                time_added: (effect == "NoExecute").then_some(Time(now)),
                 value: None,
             }));
         }

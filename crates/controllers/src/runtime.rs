@@ -352,13 +352,16 @@ impl Expectations {
     }
 }
 
+/// (involved uid, reason, message, type) of an event, for counting repeats.
+type EventKey = (String, String, String, String);
+
 /// Writes core/v1 Events (what `kubectl describe` lists), counting repeats like client-go's recorder.
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: String,
     host: Option<String>,
-    seen: Arc<Mutex<HashMap<(String, String, String, String), (String, String, i32)>>>,
+    seen: Arc<Mutex<HashMap<EventKey, (String, String, i32)>>>,
 }
 
 impl Recorder {

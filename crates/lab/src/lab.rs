@@ -264,6 +264,9 @@ pub fn agent_argv(dari: &Path, plan: &LabPlan, node: &NodePlan, dirs: &LabDirs, 
         mtu.to_string(),
         "--containerd-netns".into(),
         netns_path(&node.netns).display().to_string(),
+        // logs/exec/port-forward, proxied by the API server from the control plane over the lab LAN
+        "--stream-address".into(),
+        format!("{}:10250", node.ip()),
     ]
 }
 
@@ -511,6 +514,34 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
     let kc = dirs.kubeconfig();
     std::fs::write(&kc, rewrite_kubeconfig(&text, &format!("https://{}", state.api_listen))).map_err(|e| LabError::io("write", &kc, e))?;
     progress(&format!("      API on https://{} (forwarded into {})", state.api_listen, cp.netns));
+
+    // cluster DNS: `dari dns` on the control plane, forwarding to the lab's own resolver on the hub
+    // (never a public one), published as the kube-dns Service at the 10th service IP
+    let dns_ip = cluster_dns_ip(args.service_cidr).ok_or_else(|| LabError::Process { what: "cluster DNS".into(), detail: format!("service range {} has no 10th address", args.service_cidr), source: None })?;
+    let dns_cfg = dirs.root.join("cluster-dns.yaml");
+    std::fs::write(&dns_cfg, format!("forward: [\"{}\"]\n", plan.hub.addr.addr())).map_err(|e| LabError::io("write", &dns_cfg, e))?;
+    let cdns = ProcSpec {
+        name: "cluster-dns".into(),
+        netns: Some(netns_path(&cp.netns)),
+        argv: vec![
+            state.dari.display().to_string(),
+            "dns".into(),
+            "--dns-listen".into(),
+            format!("{}:53", cp.ip()),
+            "--dns-metrics-listen".into(),
+            format!("{}:9153", cp.ip()),
+            "--dns-config".into(),
+            dns_cfg.display().to_string(),
+            "--dns-kubeconfig".into(),
+            admin.display().to_string(),
+        ],
+        env: vec![],
+    };
+    procs::spawn(&cdns, &dirs.root)?;
+    let manifest = kube_dns_manifest(dns_ip, cp.ip());
+    let kc2 = kc.clone();
+    blocking(move || kubectl_apply(&kc2, &manifest)).await?;
+    progress(&format!("      cluster DNS: kube-dns {dns_ip} -> dari dns on {}:53 (upstream {})", cp.ip(), plan.hub.addr.addr()));
 
     progress(&format!("[5/6] agents ({} backend)", state.backend));
     let mut agents = Vec::new();
@@ -794,4 +825,65 @@ mod tests {
             _ => panic!("not exec"),
         }
     }
+}
+
+/// The 10th address of the service range (kube-dns, as upstream clusters place it).
+pub fn cluster_dns_ip(service_cidr: Ipv4Net) -> Option<std::net::Ipv4Addr> {
+    let ip = u32::from(service_cidr.network()).checked_add(10)?;
+    let ip = std::net::Ipv4Addr::from(ip);
+    service_cidr.contains(&ip).then_some(ip)
+}
+
+/// The kube-dns Service (selectorless) and its EndpointSlice pointing at the DNS server.
+pub fn kube_dns_manifest(dns_ip: std::net::Ipv4Addr, server: std::net::Ipv4Addr) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {{k8s-app: kube-dns, kubernetes.io/name: CoreDNS}}
+spec:
+  clusterIP: {dns_ip}
+  ports:
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 53}}
+  - {{name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}}
+  - {{name: metrics, port: 9153, protocol: TCP, targetPort: 9153}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kube-dns-dari
+  namespace: kube-system
+  labels: {{kubernetes.io/service-name: kube-dns, endpointslice.kubernetes.io/managed-by: dari-lab}}
+addressType: IPv4
+endpoints:
+- addresses: ["{server}"]
+  conditions: {{ready: true}}
+ports:
+- {{name: dns, port: 53, protocol: UDP}}
+- {{name: dns-tcp, port: 53, protocol: TCP}}
+- {{name: metrics, port: 9153, protocol: TCP}}
+"#
+    )
+}
+
+fn kubectl_apply(kubeconfig: &Path, manifest: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| LabError::Process { what: "kubectl apply".into(), detail: e.to_string(), source: None })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(manifest.as_bytes()).map_err(|e| LabError::Process { what: "kubectl apply".into(), detail: e.to_string(), source: None })?;
+    }
+    let out = child.wait_with_output().map_err(|e| LabError::Process { what: "kubectl apply".into(), detail: e.to_string(), source: None })?;
+    if !out.status.success() {
+        return Err(LabError::Process { what: "kubectl apply (kube-dns)".into(), detail: String::from_utf8_lossy(&out.stderr).into_owned(), source: None });
+    }
+    Ok(())
 }
