@@ -156,6 +156,34 @@ fn seed003_clusterip_across_four_nodes() {
         assert!(Instant::now() < deadline, "session affinity never pinned the client: {hosts:?}");
     }
 
+    // seed 001 (the hard-way smoke test), unchanged, with the README's commands
+    let hardway = scenario().parent().expect("scenarios dir").join("seed-001-hardway/nginx.yaml");
+    ok(&mut lab.kubectl(&["apply", "-f", hardway.to_str().expect("utf8")]));
+    ok(&mut lab.kubectl(&["run", "curl-tester", "--image=nginx"]));
+    ok(&mut lab.kubectl(&["run", "busybox", "--image=busybox", "--command", "--", "sleep", "3600"]));
+    ok(&mut lab.kubectl(&["wait", "--for=condition=Ready", "pod", "--all", "--timeout=180s"]));
+    let wide = ok(&mut lab.kubectl(&["get", "pod", "-l", "run=nginx", "-o", "jsonpath={range .items[*]}{.status.podIP} {.spec.nodeName}{\"\\n\"}{end}"]));
+    let replicas: Vec<(&str, &str)> = wide.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(replicas.len(), 2, "{wide}");
+    assert_ne!(replicas[0].1, replicas[1].1, "the two replicas should be on two nodes: {wide}");
+    let tester_node = ok(&mut lab.kubectl(&["get", "pod", "curl-tester", "-o", "jsonpath={.spec.nodeName}"]));
+    let other = replicas.iter().find(|(_, n)| *n != tester_node).map(|(ip, _)| *ip).expect("a replica on another node");
+    let page = ok(&mut lab.kubectl(&["exec", "curl-tester", "--", "curl", "-s", &format!("http://{other}")]));
+    assert!(page.contains("Welcome to nginx!"), "pod -> pod on another node:\n{page}");
+    ok(&mut lab.kubectl(&["expose", "deployment", "nginx", "--port", "80"]));
+    let dns = ok(&mut lab.kubectl(&["get", "svc", "-n", "kube-system", "kube-dns", "-o", "jsonpath={.spec.clusterIP} {.spec.ports[*].port}"]));
+    assert!(dns.ends_with(".10 53 53 9153"), "{dns}");
+    let nginx_ip = ok(&mut lab.kubectl(&["get", "svc", "nginx", "-o", "jsonpath={.spec.clusterIP}"]));
+    let look = run(&mut lab.kubectl(&["exec", "busybox", "--", "nslookup", "nginx"]));
+    let look = String::from_utf8_lossy(&look.stdout).into_owned();
+    assert!(look.contains("nginx.default.svc.cluster.local") && look.contains(&nginx_ip), "{look}");
+    let resolv = ok(&mut lab.kubectl(&["exec", "busybox", "--", "cat", "/etc/resolv.conf"]));
+    assert!(resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local") && resolv.contains(&format!("nameserver {}", dns.split(' ').next().unwrap_or(""))) && resolv.contains("ndots:5"), "{resolv}");
+    let page = ok(&mut lab.kubectl(&["exec", "curl-tester", "--", "curl", "-s", "http://nginx.default.svc.cluster.local"]));
+    assert!(page.contains("Welcome to nginx!"), "{page}");
+    let look = run(&mut lab.kubectl(&["exec", "busybox", "--", "nslookup", "kubernetes"]));
+    assert!(String::from_utf8_lossy(&look.stdout).contains("Address: 10.96.0.1"), "{}", String::from_utf8_lossy(&look.stdout));
+
     // down leaves no namespace of this lab behind
     ok(Command::new(dari()).args(["lab", "down", "--dir"]).arg(lab.dir.path()));
     let left = ok(Command::new("ip").args(["netns", "list"]));
