@@ -24,6 +24,12 @@ struct AgentCmd {
     /// Do not run the service proxy on this node.
     #[arg(long)]
     no_proxy: bool,
+    /// Extra IngressClass names this node's ingress proxy serves (its own `dari` class is always served).
+    #[arg(long = "ingress-class", value_delimiter = ',')]
+    ingress_class: Vec<String>,
+    /// Do not run the ingress proxy (ports 80/443 on the node address).
+    #[arg(long)]
+    no_ingress: bool,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +108,24 @@ fn main() -> anyhow::Result<()> {
                     tokio::spawn(async move {
                         if let Err(e) = dari_proxy::run(p).await {
                             tracing::error!(error = %e, "service proxy stopped");
+                        }
+                    });
+                }
+                if !a.no_ingress {
+                    let ip = cfg.node_ip;
+                    let icfg = dari_ingress::IngressRunConfig::from(dari_ingress::IngressArgs {
+                        kubeconfig: Some(cfg.kubeconfig.clone()),
+                        ingress_http: vec![std::net::SocketAddr::new(ip, 80)],
+                        ingress_https: vec![std::net::SocketAddr::new(ip, 443)],
+                        ingress_class: a.ingress_class.clone(),
+                        no_default_class: false,
+                        publish_address: vec![ip],
+                        trust_forwarded_headers: false,
+                        min_sync_period_ms: 100,
+                    });
+                    tokio::spawn(async move {
+                        if let Err(e) = dari_ingress::run(icfg).await {
+                            tracing::error!(error = %e, "ingress proxy stopped");
                         }
                     });
                 }

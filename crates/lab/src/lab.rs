@@ -267,6 +267,9 @@ pub fn agent_argv(dari: &Path, plan: &LabPlan, node: &NodePlan, dirs: &LabDirs, 
         // logs/exec/port-forward, proxied by the API server from the control plane over the lab LAN
         "--stream-address".into(),
         format!("{}:10250", node.ip()),
+        // the seed ingress names class `nginx`: every node's ingress proxy serves it too
+        "--ingress-class".into(),
+        "nginx".into(),
     ]
 }
 
@@ -790,11 +793,12 @@ mod tests {
     fn agent_flags() {
         let p = plan::plan(&["cp".to_string(), "w1".to_string()], &LabOpts::default()).unwrap();
         let dirs = LabDirs { root: "/var/lib/dari-lab".into() };
-        let a = agent_argv(Path::new("/usr/bin/dari"), &p, &p.nodes[1], &dirs, "vxlan").join(" ");
+        let a = agent_argv(Path::new("/usr/bin/dari"), &p, &p.nodes[1], &dirs, "host-gw").join(" ");
         assert_eq!(
             a,
             "/usr/bin/dari agent --server https://172.31.0.10:6443 --kubeconfig /var/lib/dari-lab/server/admin.kubeconfig \
---node-name w1 --node-ip 172.31.0.11 --data-dir /var/lib/dari-lab/nodes/w1 --mtu 1350 --containerd-netns /run/netns/dari-w1"
+--node-name w1 --node-ip 172.31.0.11 --data-dir /var/lib/dari-lab/nodes/w1 --mtu 1400 --containerd-netns /run/netns/dari-w1 \
+--stream-address 172.31.0.11:10250 --ingress-class nginx"
         );
     }
 

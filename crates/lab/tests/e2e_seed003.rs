@@ -184,6 +184,46 @@ fn seed003_clusterip_across_four_nodes() {
     let look = run(&mut lab.kubectl(&["exec", "busybox", "--", "nslookup", "kubernetes"]));
     assert!(String::from_utf8_lossy(&look.stdout).contains("Address: 10.96.0.1"), "{}", String::from_utf8_lossy(&look.stdout));
 
+    // seed 000 multi-container: 2/2, one network namespace, nginx over the shared loopback
+    let multi = scenario().parent().expect("scenarios dir").join("seed-000-multicontainer/multi-container.yaml");
+    ok(&mut lab.kubectl(&["apply", "-f", multi.to_str().expect("utf8")]));
+    ok(&mut lab.kubectl(&["wait", "--for=condition=Ready", "pod/multi-container", "--timeout=120s"]));
+    let ready = ok(&mut lab.kubectl(&["get", "pod", "multi-container", "--no-headers"]));
+    assert!(ready.contains("2/2") && ready.contains("Running"), "{ready}");
+    let a = ok(&mut lab.kubectl(&["exec", "multi-container", "-c", "ubuntu", "--", "ip", "addr", "show", "eth0"]));
+    let b = ok(&mut lab.kubectl(&["exec", "multi-container", "-c", "nginx", "--", "ip", "addr", "show", "eth0"]));
+    let pick = |s: &str| s.lines().filter(|l| l.contains("inet ") || l.contains("link/ether")).map(str::trim).collect::<Vec<_>>().join("\n");
+    assert!(!pick(&a).is_empty() && pick(&a) == pick(&b), "both containers must see the same eth0:\n{a}\n{b}");
+    let page = ok(&mut lab.kubectl(&["exec", "multi-container", "-c", "ubuntu", "--", "curl", "-s", "localhost:80"]));
+    assert!(page.contains("Welcome to nginx!"), "{page}");
+
+    // seed 000 ingress: two echo servers behind ClusterIPs, one Ingress (class nginx) routed by host
+    let ing = scenario().parent().expect("scenarios dir").join("seed-000-ingress");
+    ok(&mut lab.kubectl(&["apply", "-f", ing.join("echo.yaml").to_str().expect("utf8")]));
+    ok(&mut lab.kubectl(&["wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s"]));
+    for svc in ["nginxnginx1-service-clusterip", "nginx2-service-clusterip"] {
+        let ip = ok(&mut lab.kubectl(&["get", "svc", svc, "-o", "jsonpath={.spec.clusterIP}"]));
+        let body = ok(Command::new(dari()).args(["lab", "exec", "--dir"]).arg(lab.dir.path()).args(["myk8s-worker", "--", "curl", "-s", "--max-time", "3", &format!("http://{ip}")]));
+        let want = if svc.starts_with("nginxnginx1") { "Request served by nginx1-deployment-" } else { "Request served by nginx2-deployment-" };
+        assert!(body.contains(want), "{svc}: {body}");
+    }
+    ok(&mut lab.kubectl(&["apply", "-f", ing.join("ingress.yaml").to_str().expect("utf8")]));
+    let node_ip = ok(&mut lab.kubectl(&["get", "node", "myk8s-worker2", "-o", "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}"]));
+    for (host, want) in [("a.com", "Request served by nginx1-deployment-"), ("b.com", "Request served by nginx2-deployment-")] {
+        // the ingress proxies pick up the new Ingress asynchronously: poll until routed
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = run(Command::new(dari()).args(["lab", "exec", "--dir"]).arg(lab.dir.path()).args(["myk8s-worker", "--", "curl", "-s", "--max-time", "3", "-H", &format!("Host: {host}"), &format!("http://{node_ip}/")]));
+            let body = String::from_utf8_lossy(&o.stdout).into_owned();
+            if body.contains(want) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Host: {host} never reached its backend: {body}");
+        }
+    }
+    let addr = ok(&mut lab.kubectl(&["get", "ingress", "ingress", "-o", "jsonpath={.status.loadBalancer.ingress[*].ip}"]));
+    assert!(!addr.is_empty(), "kubectl get ingress should show an ADDRESS");
+
     // down leaves no namespace of this lab behind
     ok(Command::new(dari()).args(["lab", "down", "--dir"]).arg(lab.dir.path()));
     let left = ok(Command::new("ip").args(["netns", "list"]));
