@@ -11,7 +11,8 @@ cargo build --quiet --workspace --bins
 ./target/debug/dari lab up --nodes myk8s-control-plane,myk8s-worker,myk8s-worker2,myk8s-worker3
 export KUBECONFIG=/var/lib/dari-lab/kubeconfig
 echo "==> seed 003: three whoami pods, a netshoot pod and a ClusterIP Service"
-kubectl apply -f ../shared/scenarios/seed-003-clusterip/ 2>/dev/null || kubectl apply -f examples/demo.yaml
+SCEN=../shared/scenarios; [ -d "$SCEN" ] || SCEN=/work/shared/scenarios
+kubectl apply -f "$SCEN/seed-003-clusterip/"
 kubectl wait --for=condition=Ready pod --all --timeout=120s || true
 kubectl get nodes -o wide
 kubectl get pods -o wide

@@ -179,7 +179,7 @@ async fn routes_by_host_and_sets_forwarded_headers() -> Result<()> {
     let (u1, u2) = (upstream("nginx1").await?, upstream("nginx2").await?);
     let mut w = World::new();
     w.svc("nginxnginx1-service-clusterip", &[u1.addr]).svc("nginx2-service-clusterip", &[u2.addr]);
-    w.ingresses.push(ingress_yaml(include_str!("../../../../shared/scenarios/seed-000-ingress/ingress.yaml")));
+    w.ingresses.push(ingress_yaml(&seed_ingress_text()));
     let (_t, http, _) = start(w.table()).await?;
     let mut c = H1::connect(http).await?;
     let a = c.req("a.com", "/", "").await?;
@@ -450,4 +450,15 @@ async fn hot_reload_under_load_zero_failures() -> Result<()> {
     assert!(ok.load(Ordering::Relaxed) > 500, "load was real: {} ok", ok.load(Ordering::Relaxed));
     assert!(by["A"] > 0 && by["B"] > 0, "swaps took effect: {by:?}");
     Ok(())
+}
+
+/// The shared seed 000 Ingress, read at run time (`../shared` next to the repository, or /work/shared).
+fn seed_ingress_text() -> String {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for c in [here.join("../../../shared/scenarios/seed-000-ingress/ingress.yaml"), std::path::PathBuf::from("/work/shared/scenarios/seed-000-ingress/ingress.yaml")] {
+        if let Ok(s) = std::fs::read_to_string(&c) {
+            return s;
+        }
+    }
+    panic!("../shared/scenarios/seed-000-ingress/ingress.yaml not found next to the repository")
 }

@@ -102,7 +102,7 @@ fn docs_host_matching_table() {
 }
 
 fn seed_objects() -> (Vec<k8s_openapi::api::networking::v1::Ingress>, Vec<k8s_openapi::api::core::v1::Service>, Vec<k8s_openapi::api::discovery::v1::EndpointSlice>) {
-    let ing = ingress_yaml(include_str!("../../../../shared/scenarios/seed-000-ingress/ingress.yaml"));
+    let ing = ingress_yaml(&seed_ingress_text());
     let services = vec![service("nginxnginx1-service-clusterip", 80, 8080), service("nginx2-service-clusterip", 80, 8080)];
     let slices = vec![
         slice("nginxnginx1-service-clusterip", 8080, &[("10.244.1.5", true), ("10.244.2.7", false)]),
@@ -282,4 +282,15 @@ fn endpoints_spread_round_robin() {
     assert_eq!(m.route.backend.pick().count(), 3, "retry order covers all endpoints");
     let b = route(&t, "b.com", "/").expect("route");
     assert_eq!(b.route.backend.pick().count(), 0, "no slices: no endpoints (503)");
+}
+
+/// The shared seed 000 Ingress, read at run time (`../shared` next to the repository, or /work/shared).
+fn seed_ingress_text() -> String {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for c in [here.join("../../../shared/scenarios/seed-000-ingress/ingress.yaml"), std::path::PathBuf::from("/work/shared/scenarios/seed-000-ingress/ingress.yaml")] {
+        if let Ok(s) = std::fs::read_to_string(&c) {
+            return s;
+        }
+    }
+    panic!("../shared/scenarios/seed-000-ingress/ingress.yaml not found next to the repository")
 }
