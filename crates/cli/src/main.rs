@@ -33,6 +33,19 @@ struct AgentCmd {
 }
 
 #[derive(Subcommand)]
+enum ImageCmd {
+    /// `dari image import FILE.tar…` into the containerd of the agent whose data dir is given.
+    Import {
+        /// The agent's data dir (its containerd socket lives there).
+        #[arg(long, default_value = "/var/lib/dari/agent")]
+        data_dir: std::path::PathBuf,
+        /// Image tarballs.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the API server (datastore, PKI, controllers as they land).
     Server(dari_apiserver::ServerArgs),
@@ -42,6 +55,11 @@ enum Cmd {
     Dns(dari_dns::config::DnsArgs),
     /// Run the nftables service proxy (ClusterIP, NodePort, session affinity) for one node.
     Proxy(dari_proxy::ProxyArgs),
+    /// Load OCI or docker-archive image tarballs into a node's containerd (clusters without a registry).
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
     /// A multi-node cluster in network namespaces on this machine: up, down, status, exec.
     Lab(dari_lab::LabArgs),
     /// The small servers inside the lab's stand-in images (whoami, echo-server, pause).
@@ -89,6 +107,16 @@ fn main() -> anyhow::Result<()> {
                 server.wait().await;
                 Ok(())
             }
+            Cmd::Image { cmd: ImageCmd::Import { data_dir, files } } => {
+                let socket = dari_agent::containerd_socket(&data_dir);
+                for f in files {
+                    eprintln!("importing {} into {}", f.display(), socket.display());
+                    for name in dari_agent::import_image(&socket, &f).await? {
+                        println!("{name}");
+                    }
+                }
+                Ok(())
+            }
             Cmd::Lab(args) => {
                 let code = dari_lab::run(args).await?;
                 std::process::exit(code);
@@ -128,6 +156,10 @@ fn main() -> anyhow::Result<()> {
                             tracing::error!(error = %e, "ingress proxy stopped");
                         }
                     });
+                }
+                // pod traffic leaving the cluster CIDR is masqueraded; pod to pod never is
+                if let ipnet::IpNet::V4(v4) = a.cluster_cidr {
+                    dari_net::apply_egress_masquerade(v4)?;
                 }
                 // routes to the other nodes' podCIDRs (host-gw backend)
                 {

@@ -156,6 +156,11 @@ fn seed003_clusterip_across_four_nodes() {
         assert!(Instant::now() < deadline, "session affinity never pinned the client: {hosts:?}");
     }
 
+    // pod -> an address outside the cluster (the lab's "outside" whoami on the hub) is masqueraded
+    // to the node's address; pod -> pod above kept the pod's IP
+    let out = ok(&mut lab.kubectl(&["exec", "net-pod", "--", "curl", "-s", "--max-time", "3", "http://172.31.77.1/"]));
+    assert!(out.contains("RemoteAddr: 172.31.77.10:"), "pod -> outside should be masqueraded to its node's IP:\n{out}");
+
     // seed 001 (the hard-way smoke test), unchanged, with the README's commands
     let hardway = scenario().parent().expect("scenarios dir").join("seed-001-hardway/nginx.yaml");
     ok(&mut lab.kubectl(&["apply", "-f", hardway.to_str().expect("utf8")]));

@@ -43,6 +43,12 @@ pub enum NetError {
     /// Listing routes failed.
     #[error("listing routes")]
     List(#[source] rtnetlink::Error),
+    /// nft refused a ruleset.
+    #[error("nft refused the egress masquerade ruleset: {stderr}")]
+    Nft {
+        /// nft's message.
+        stderr: String,
+    },
     /// The Node watch ended.
     #[error("watching nodes")]
     Watch(#[source] watcher::Error),
@@ -253,5 +259,50 @@ mod tests {
         converge(&f, &want).await.expect("converge");
         let log = f.log.lock().expect("lock").clone();
         assert_eq!(&log[2..], ["delete 10.244.1.0/24 via 172.31.0.11", "delete 10.244.2.0/24 via 172.31.0.12", "replace 10.244.1.0/24 via 172.31.0.21"]);
+    }
+}
+
+/// The nftables ruleset that masquerades pod traffic leaving the cluster CIDR (pod → node, pod →
+/// outside), never pod → pod. Pure; applied by [`apply_egress_masquerade`].
+///
+/// Equivalent: `nft -f` of the returned text (table `ip dari-egress`, replaced atomically).
+pub fn egress_masquerade_ruleset(cluster_cidr: Ipv4Net) -> String {
+    format!(
+        "table ip dari-egress {{}}\ndelete table ip dari-egress\ntable ip dari-egress {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr {cluster_cidr} ip daddr != {cluster_cidr} masquerade\n\t}}\n}}\n"
+    )
+}
+
+/// Applies [`egress_masquerade_ruleset`] in the current network namespace.
+///
+/// Stopgap, said plainly: this runs `nft -f -` (the CNI plugin and the proxy do the same today);
+/// a netlink applier is the next step.
+pub fn apply_egress_masquerade(cluster_cidr: Ipv4Net) -> Result<(), NetError> {
+    use std::io::Write;
+    let text = egress_masquerade_ruleset(cluster_cidr);
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(NetError::Connect)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).map_err(NetError::Connect)?;
+    }
+    let out = child.wait_with_output().map_err(NetError::Connect)?;
+    if !out.status.success() {
+        return Err(NetError::Nft { stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod egress_tests {
+    use super::*;
+
+    #[test]
+    fn masquerades_only_traffic_leaving_the_cluster() {
+        let t = egress_masquerade_ruleset("10.244.0.0/16".parse().expect("cidr"));
+        assert!(t.contains("ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 masquerade"), "{t}");
+        assert!(t.starts_with("table ip dari-egress {}\ndelete table ip dari-egress\n"), "replaced atomically: {t}");
     }
 }
