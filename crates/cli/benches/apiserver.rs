@@ -52,9 +52,11 @@ async fn create_pods(server: &support::Server, from: usize, to: usize, conns: us
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
+        // DARI_BENCH_API_ONLY=1 measures the API server without the in-process controllers and scheduler
+        let api_only = std::env::var("DARI_BENCH_API_ONLY").is_ok_and(|v| v == "1");
         let dir = tempfile::tempdir().expect("tempdir");
-        let server = support::Server::start(dir.path()).await;
-        println!("dari server pid {} on {}", server.pid(), server.addr);
+        let server = support::Server::start_with(dir.path(), if api_only { &["--no-controllers"] } else { &[] }).await;
+        println!("dari server pid {} on {} ({})", server.pid(), server.addr, if api_only { "API only" } else { "with controllers and scheduler" });
 
         let mut first = create_pods(&server, 0, 1000, 16).await;
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -10,6 +10,16 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `dari server`: the API server plus, unless disabled, the controllers and the scheduler.
+#[derive(clap::Args)]
+struct ServerCmd {
+    #[command(flatten)]
+    server: dari_apiserver::ServerArgs,
+    /// Serve the API only: no controllers, no scheduler (e.g. a second server, or measuring the API alone).
+    #[arg(long)]
+    no_controllers: bool,
+}
+
 /// `dari agent`: the node agent plus the node's service proxy, in one process.
 #[derive(clap::Args)]
 struct AgentCmd {
@@ -47,8 +57,8 @@ enum ImageCmd {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the API server (datastore, PKI, controllers as they land).
-    Server(dari_apiserver::ServerArgs),
+    /// Run the API server with the controllers and the scheduler (datastore, PKI, bootstrap objects).
+    Server(ServerCmd),
     /// Run a node: register it, run its pods through containerd (CRI), and program its Services (nftables).
     Agent(AgentCmd),
     /// Run the cluster DNS (Kubernetes DNS spec, forward and cache) against an API server.
@@ -83,9 +93,14 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Server(args) => {
+            Cmd::Server(ServerCmd { server: args, no_controllers }) => {
                 let cluster_cidr = args.cluster_cidr;
                 let server = dari_apiserver::start(args).await?;
+                if no_controllers {
+                    eprintln!("dari server listening on https://{} (API only)", server.addr);
+                    server.wait().await;
+                    return Ok(());
+                }
                 // the controller-manager's and scheduler's jobs, in-process, through the API like any client
                 let kubeconfig = kube::config::Kubeconfig::read_from(&server.admin_kubeconfig)?;
                 let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;

@@ -22,12 +22,18 @@ pub struct Server {
 impl Server {
     /// Starts `dari server` on a free port and waits until its kubeconfig names the port and /readyz answers.
     pub async fn start(dir: &Path) -> Server {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// Starts `dari server` with extra flags.
+    pub async fn start_with(dir: &Path, extra: &[&str]) -> Server {
         let kc = dir.join("admin.kubeconfig");
         let _ = std::fs::remove_file(&kc);
         let log = std::fs::File::create(dir.join("server.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_dari"))
             .args(["server", "--secure-port", "0", "--data-dir"])
             .arg(dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
