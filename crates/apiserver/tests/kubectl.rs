@@ -343,15 +343,17 @@ async fn nodes_wide_and_describe() {
     assert!(req.starts_with("GET /containerLogs/default/p/p?tailLines=5 "), "{req}");
 }
 
-fn curl_admin(c: &common::Cluster, method: &str, path: &str, body: &str) -> (u16, String) {
+/// curl authenticated as admin (the server's CA, the admin client certificate).
+fn curl_as_admin(c: &common::Cluster) -> std::process::Command {
     let pki = c.dir.path().join("pki");
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-X", method, "-H", "Content-Type: application/json", "--data", body, "--cacert"])
-        .arg(pki.join("ca.crt"))
-        .arg("--cert")
-        .arg(pki.join("admin.crt"))
-        .arg("--key")
-        .arg(pki.join("admin.key"))
+    let mut cmd = std::process::Command::new("curl");
+    cmd.arg("-s").arg("--cacert").arg(pki.join("ca.crt")).arg("--cert").arg(pki.join("admin.crt")).arg("--key").arg(pki.join("admin.key"));
+    cmd
+}
+
+fn curl_admin(c: &common::Cluster, method: &str, path: &str, body: &str) -> (u16, String) {
+    let out = curl_as_admin(c)
+        .args(["-w", "\n%{http_code}", "-X", method, "-H", "Content-Type: application/json", "--data", body])
         .arg(format!("{}{}", c.url(), path))
         .output()
         .expect("curl runs");
@@ -361,17 +363,7 @@ fn curl_admin(c: &common::Cluster, method: &str, path: &str, body: &str) -> (u16
 }
 
 fn curl_get(c: &common::Cluster, path: &str, max_time: &str) -> String {
-    let pki = c.dir.path().join("pki");
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-N", "--max-time", max_time, "--cacert"])
-        .arg(pki.join("ca.crt"))
-        .arg("--cert")
-        .arg(pki.join("admin.crt"))
-        .arg("--key")
-        .arg(pki.join("admin.key"))
-        .arg(format!("{}{}", c.url(), path))
-        .output()
-        .expect("curl runs");
+    let out = curl_as_admin(c).args(["-N", "--max-time", max_time]).arg(format!("{}{}", c.url(), path)).output().expect("curl runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
