@@ -42,8 +42,6 @@ pub struct Http {
     pub pki: Arc<dari_pki::Pki>,
     /// The secret half of the node join token (`<ca hash>::<secret>`).
     pub join_secret: String,
-    /// TLS client config for calls to node agents (client cert CN=kube-apiserver-kubelet-client).
-    pub kubelet_tls: Arc<rustls::ClientConfig>,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -312,7 +310,7 @@ impl Http {
             ("get", Some("scale")) => Ok(json_response(200, &self.api.scale(r, ns, rr.name.as_deref().unwrap_or("")).await?, &[])),
             ("get", Some("log")) => {
                 let pod = self.api.get(r, ns, rr.name.as_deref().unwrap_or("")).await?;
-                crate::nodeproxy::logs(&self.api, &self.kubelet_tls, &pod, &query).await
+                crate::nodeproxy::logs(&self.api, &pod, &query).await
             }
             ("get", sub) => {
                 let obj = self.api.get(r, ns, rr.name.as_deref().unwrap_or("")).await?;

@@ -183,10 +183,7 @@ pub async fn start(args: ServerArgs) -> Result<RunningServer, ServerError> {
     let admin_kubeconfig = dir.join("admin.kubeconfig");
     pki.write_admin_kubeconfig(&admin_kubeconfig, &server_url).map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
     let join_secret = write_node_token(&dir, &pki)?;
-    let (kc_cert, kc_key) = pki
-        .issue_client_cert("kube-apiserver-kubelet-client", &["system:masters"], 365)
-        .map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
-    let kubelet_tls = pki.client_config(&kc_cert, &kc_key).map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
+
     let tls = pki.server_config().map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
     let http = Arc::new(http::Http {
         api: api.clone(),
@@ -195,7 +192,6 @@ pub async fn start(args: ServerArgs) -> Result<RunningServer, ServerError> {
         bookmark_interval: Duration::from_secs(args.bookmark_interval_seconds.max(1)),
         pki: pki.clone(),
         join_secret,
-        kubelet_tls,
     });
     let mut tasks = Vec::new();
     tasks.push(dari_store::spawn_auto_compactor(store.clone(), 10_000, Duration::from_secs(300)));

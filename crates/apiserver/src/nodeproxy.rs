@@ -3,10 +3,8 @@
 //!
 //! Stopgap, said plainly: the agent's streaming endpoint speaks plain HTTP today, so these
 //! connections are not encrypted or authenticated; they stay on the node LAN (the lab's bridge).
-//! The join endpoint already issues agents a CA-signed serving certificate, and the API server
-//! has a kubelet client certificate (`Http::kubelet_tls`) for when the agent serves TLS.
-
-use std::sync::Arc;
+//! The join endpoint already issues agents a CA-signed serving certificate; TLS with a kubelet
+//! client certificate is the next step.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -35,29 +33,9 @@ pub async fn node_endpoint(api: &Api, node: &str) -> ApiResult<(String, u16)> {
 }
 
 /// GET …/pods/{name}/log.
-pub async fn logs(api: &Api, _tls: &Arc<rustls::ClientConfig>, pod: &Value, q: &Query) -> ApiResult<Response<Body>> {
-    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-    let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
-    let node = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?;
-    let containers: Vec<&str> = pod.pointer("/spec/containers").and_then(Value::as_array).map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect()).unwrap_or_default();
-    let container = match q.get("container").filter(|c| !c.is_empty()) {
-        Some(c) => c.to_string(),
-        None if containers.len() == 1 => containers[0].to_string(),
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                containers.join(" ")
-            )))
-        }
-    };
-    if !containers.contains(&container.as_str()) {
-        return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
-    }
-    let (ip, port) = node_endpoint(api, node).await?;
+pub async fn logs(api: &Api, pod: &Value, q: &Query) -> ApiResult<Response<Body>> {
+    let (ns, name, node, container) = target(pod, q)?;
+    let (ip, port) = node_endpoint(api, &node).await?;
     let mut qs: Vec<String> = Vec::new();
     for k in ["follow", "previous", "tailLines", "timestamps", "sinceSeconds", "limitBytes"] {
         if let Some(v) = q.get(k) {
@@ -111,6 +89,9 @@ fn target(pod: &Value, q: &Query) -> ApiResult<(String, String, String, String)>
         None if containers.len() == 1 => containers[0].to_string(),
         None => return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: [{}]", containers.join(" ")))),
     };
+    if !containers.contains(&container.as_str()) {
+        return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
+    }
     Ok((ns, name, node, container))
 }
 

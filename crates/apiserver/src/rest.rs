@@ -4,7 +4,6 @@
 //! Objects are stored as JSON without `metadata.resourceVersion`; on every read the key's
 //! modRevision becomes the resourceVersion, exactly as kube-apiserver does on etcd.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -13,7 +12,7 @@ use dari_store::{KeyValue, ListOptions, Revision, Store, StoreError};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::alloc::{AllocError, IpAllocator, PortAllocator};
+use crate::alloc::{IpAllocator, PortAllocator};
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::object::{meta_mut, meta_str, name, now_rfc3339, random_suffix, same_ignoring_rv, spec_part};
 
@@ -863,7 +862,7 @@ impl Api {
                     invalid(r, &n, "spec.clusterIPs[0]", "FieldValueInvalid", format!("Invalid value: \"{requested}\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))
                 })?;
                 alloc.ips.allocate(parsed).map_err(|e| {
-                    invalid(r, &n, "spec.clusterIPs", "FieldValueInvalid", format!("Invalid value: []string{{\"{requested}\"}}: failed to allocate IP {requested}: {}", alloc_msg(&e)))
+                    invalid(r, &n, "spec.clusterIPs", "FieldValueInvalid", format!("Invalid value: []string{{\"{requested}\"}}: failed to allocate IP {requested}: {}", e))
                 })?;
                 Some(requested.clone())
             };
@@ -902,7 +901,7 @@ impl Api {
                         continue;
                     }
                     alloc.ports.allocate(np16).map_err(|e| {
-                        invalid(r, n, &format!("spec.ports[{i}].nodePort"), "FieldValueInvalid", format!("Invalid value: {np}: {}", alloc_msg(&e)))
+                        invalid(r, n, &format!("spec.ports[{i}].nodePort"), "FieldValueInvalid", format!("Invalid value: {np}: {}", e))
                     })?;
                     reserved.ports.push(np16);
                 }
@@ -1048,10 +1047,6 @@ fn release_service(alloc: &mut Allocations, r: &Resource, obj: &Value) {
     }
 }
 
-fn alloc_msg(e: &AllocError) -> String {
-    e.to_string()
-}
-
 fn service_ips(obj: &Value) -> Vec<IpAddr> {
     let mut out = Vec::new();
     if let Some(ips) = obj.pointer("/spec/clusterIPs").and_then(Value::as_array) {
@@ -1107,7 +1102,7 @@ fn type_name(v: &Value) -> &'static str {
 fn prepare_create(r: &Resource, obj: &mut Value) {
     match r.kind {
         "Pod" => {
-            let qos = qos_class(obj);
+            let qos = dari_api::defaults::qos_class(obj.get("spec").unwrap_or(&Value::Null));
             // status is not writable on create, as upstream
             obj["status"] = json!({"phase": "Pending", "qosClass": qos});
         }
@@ -1121,53 +1116,6 @@ fn prepare_create(r: &Resource, obj: &mut Value) {
             obj["status"] = json!({});
         }
         _ => {}
-    }
-}
-
-/// The QoS class of a pod, as upstream computes it.
-pub fn qos_class(pod: &Value) -> &'static str {
-    let mut containers: Vec<&Value> = Vec::new();
-    for f in ["containers", "initContainers"] {
-        if let Some(cs) = pod.pointer(&format!("/spec/{f}")).and_then(Value::as_array) {
-            containers.extend(cs.iter());
-        }
-    }
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &containers {
-        let req = c.pointer("/resources/requests").and_then(Value::as_object);
-        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
-        let mut per: BTreeMap<&str, (Option<&Value>, Option<&Value>)> = BTreeMap::new();
-        for (k, v) in req.into_iter().flatten() {
-            per.entry(k.as_str()).or_default().0 = Some(v);
-        }
-        for (k, v) in lim.into_iter().flatten() {
-            per.entry(k.as_str()).or_default().1 = Some(v);
-        }
-        for res in ["cpu", "memory"] {
-            match per.get(res) {
-                Some((rq, Some(l))) => {
-                    any = true;
-                    if let Some(rq) = rq {
-                        if rq != l {
-                            guaranteed = false;
-                        }
-                    }
-                }
-                Some((Some(_), None)) => {
-                    any = true;
-                    guaranteed = false;
-                }
-                _ => guaranteed = false,
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
     }
 }
 
@@ -1213,10 +1161,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn qos() {
-        assert_eq!(qos_class(&json!({"spec":{"containers":[{"name":"a"}]}})), "BestEffort");
-        assert_eq!(qos_class(&json!({"spec":{"containers":[{"resources":{"limits":{"cpu":"1","memory":"1Gi"}}}]}})), "Guaranteed");
-        assert_eq!(qos_class(&json!({"spec":{"containers":[{"resources":{"requests":{"cpu":"1"}}}]}})), "Burstable");
+    fn pod_status_on_create_carries_the_qos_class() {
+        let pods = registry::find("", "v1", "pods").expect("pods");
+        for (spec, qos) in [
+            (json!({"containers":[{"name":"a"}]}), "BestEffort"),
+            (json!({"containers":[{"resources":{"limits":{"cpu":"1","memory":"1Gi"}}}]}), "Guaranteed"),
+            (json!({"containers":[{"resources":{"requests":{"cpu":"1"}}}]}), "Burstable"),
+        ] {
+            let mut pod = json!({"spec": spec, "status": {"phase": "Running"}});
+            prepare_create(pods, &mut pod);
+            assert_eq!(pod["status"], json!({"phase": "Pending", "qosClass": qos}));
+        }
     }
 
     #[test]

@@ -102,9 +102,7 @@ fn main() -> anyhow::Result<()> {
                     return Ok(());
                 }
                 // the controller-manager's and scheduler's jobs, in-process, through the API like any client
-                let kubeconfig = kube::config::Kubeconfig::read_from(&server.admin_kubeconfig)?;
-                let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-                let client = kube::Client::try_from(config)?;
+                let client = dari_agent::client(&server.admin_kubeconfig, None).await?;
                 let ccfg = dari_controllers::ControllersConfig { cluster_cidr, ..Default::default() };
                 let c2 = client.clone();
                 tokio::spawn(async move {
@@ -178,12 +176,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 // routes to the other nodes' podCIDRs (host-gw backend)
                 {
-                    let kubeconfig = kube::config::Kubeconfig::read_from(&cfg.kubeconfig)?;
-                    let mut kcfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-                    if let Some(s) = &cfg.server {
-                        kcfg.cluster_url = s.parse()?;
-                    }
-                    let client = kube::Client::try_from(kcfg)?;
+                    let client = dari_agent::client(&cfg.kubeconfig, cfg.server.as_deref()).await?;
                     let routes: std::sync::Arc<dyn dari_net::Routes> = std::sync::Arc::new(dari_net::NetlinkRoutes::new()?);
                     let me = cfg.node_name.clone();
                     tokio::spawn(async move {
