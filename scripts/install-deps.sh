@@ -11,7 +11,7 @@ pkgs=(
   containerd runc busybox-static        # the node runtime and the lab's stand-in images
   dnsmasq nginx binutils openssl        # the lab's in-lab resolver, the nginx stand-in image, strip, cert checks
   hyperfine                             # benchmarks
-  pkg-config
+  pkg-config etcd-server etcd-client protobuf-compiler
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -109,6 +109,44 @@ pub enum AgentError {
         /// How long.
         secs: u64,
     },
+    /// Joining the cluster with a token failed (CA hash mismatch, secret refused, server
+    /// unreachable, unusable answer).
+    #[error("joining the cluster at {server}: {detail}")]
+    Join {
+        /// The `--server` URL.
+        server: String,
+        /// What went wrong, in words an operator can act on.
+        detail: String,
+        /// The cause, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The node's certificates or keys are unusable.
+    #[error("node credentials {path}: {detail}")]
+    Credentials {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Building a TLS configuration failed.
+    #[error("TLS: {what}")]
+    Tls {
+        /// Which configuration or credential.
+        what: String,
+        /// The cause.
+        #[source]
+        source: rustls::Error,
+    },
+    /// A listening socket could not be opened.
+    #[error("listening on {}", addr.map(|a| a.to_string()).unwrap_or_else(|| "a local port".into()))]
+    Listen {
+        /// The address, when known.
+        addr: Option<std::net::SocketAddr>,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Invalid agent configuration.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -9,7 +9,10 @@
 //! * [`cri`]: the CRI v1 gRPC client behind the small [`cri::Cri`] trait.
 //! * [`image`]: OCI tarballs built from host binaries (pause, busybox) and `dari image import`.
 //! * [`cni`]: the node's CNI conflist from its podCIDR.
+//! * [`join`]: joining with a token (CA pinned by its hash) and the node's certificates.
+//! * [`lb`]: the client-side load balancer over several API servers (`--server A,B`).
 //! * [`node`]: Node registration and status, Lease renewal, podCIDR wait.
+//! * [`stream`]: the HTTPS streaming endpoint (logs, exec, attach, port-forward) for the API server.
 //! * [`pod`]: pod → CRI translation, status computation, volumes, per-pod workers.
 
 pub mod cgroups;
@@ -18,6 +21,8 @@ pub mod containerd;
 pub mod cri;
 pub mod error;
 pub mod image;
+pub mod join;
+pub mod lb;
 pub mod netns;
 pub mod node;
 pub mod pod;
@@ -32,7 +37,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
@@ -45,12 +50,24 @@ use crate::pod::worker::{Backoff, PodWorker, Shared};
 /// `dari agent` flags (the lead flattens these into the CLI).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
-    /// API server URL (overrides the kubeconfig's server).
+    /// API server URL(s), `https://HOST:6443[,https://HOST2:6443...]` (required with --token;
+    /// overrides the kubeconfig's server). With several, the agent joins through the first that
+    /// answers and runs a load balancer on 127.0.0.1 that fails over between them: every API
+    /// client of the agent uses DATA_DIR/lb.kubeconfig, whose server is that load balancer.
     #[arg(long)]
     pub server: Option<String>,
-    /// Kubeconfig with this node's credentials (until the token join flow exists).
+    /// Port of the API server load balancer on 127.0.0.1 (with several --server URLs; 0: the
+    /// port remembered in DATA_DIR/lb-port if free, else a free one).
+    #[arg(long, default_value_t = 0)]
+    pub lb_server_port: u16,
+    /// Join token from the server's DATA_DIR/node-token (`sha256:<CA hash>::<secret>`): the agent
+    /// fetches and pins the CA, gets its certificates and writes DATA_DIR/kubeconfig; later
+    /// starts reuse them.
+    #[arg(long, env = "DARI_TOKEN", hide_env_values = true, conflicts_with = "kubeconfig", required_unless_present = "kubeconfig")]
+    pub token: Option<String>,
+    /// Kubeconfig with this node's credentials (instead of --token).
     #[arg(long)]
-    pub kubeconfig: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
     /// Node name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -84,8 +101,9 @@ pub struct AgentArgs {
     /// Run the child containerd inside this network namespace (`/var/run/netns/NODE`).
     #[arg(long)]
     pub containerd_netns: Option<PathBuf>,
-    /// Streaming endpoint (logs/exec/attach/port-forward) the API server proxies to.
-    /// Plain HTTP for now: bind it where only the API server can reach it.
+    /// Streaming endpoint (logs/exec/attach/port-forward) the API server proxies to: HTTPS with
+    /// the node's serving certificate, only the API server's kubelet client certificate admitted.
+    /// The API server dials the node's InternalIP at this port.
     #[arg(long, default_value = "127.0.0.1:10250")]
     pub stream_address: SocketAddr,
 }
@@ -93,10 +111,15 @@ pub struct AgentArgs {
 /// The agent's resolved configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// API server URL override.
+    /// API server URL override (one server; None when `kubeconfig` already points at the
+    /// load balancer).
     pub server: Option<String>,
-    /// Kubeconfig path.
+    /// Kubeconfig path every API client of the agent uses (after a token join:
+    /// DATA_DIR/kubeconfig; with several servers: DATA_DIR/lb.kubeconfig, server = `lb`).
     pub kubeconfig: PathBuf,
+    /// The API server load balancer (several `--server` URLs); it runs as long as this (or the
+    /// [`RunningAgent`] started from this config) is alive.
+    pub lb: Option<Arc<lb::LoadBalancer>>,
     /// Node name.
     pub node_name: String,
     /// Node IP.
@@ -130,16 +153,41 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Resolves defaults (host name, node IP, conf dir).
-    pub fn from_args(a: AgentArgs) -> Result<AgentConfig> {
+    /// Resolves defaults (host name, node IP, conf dir) and, with `--token`, joins the cluster
+    /// (or reuses the credentials of an earlier join): see [`join::join`].
+    pub async fn from_args(a: AgentArgs) -> Result<AgentConfig> {
         let node_name = match a.node_name {
             Some(n) => n,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(|e| AgentError::Config(format!("no --node-name and the host name is unreadable: {e}")))?.trim().to_lowercase(),
         };
         let node_ip = a.node_ip.unwrap_or_else(default_ip);
+        let servers = match a.server.as_deref() {
+            Some(s) => lb::parse_servers(s)?,
+            None => Vec::new(),
+        };
+        let kubeconfig = match (a.token, a.kubeconfig) {
+            (Some(token), None) => {
+                if servers.is_empty() {
+                    return Err(AgentError::Config("--token needs --server https://HOST:PORT".into()));
+                }
+                join::join_any(&servers, &token, &node_name, node_ip, &a.data_dir).await?.kubeconfig
+            }
+            (None, Some(k)) => k,
+            (Some(_), Some(_)) => return Err(AgentError::Config("give either --token or --kubeconfig, not both".into())),
+            (None, None) => return Err(AgentError::Config("give --server with --token (join), or --kubeconfig".into())),
+        };
+        let (server, kubeconfig, lb) = if servers.len() > 1 {
+            let listener = lb::LoadBalancer::bind(&a.data_dir, a.lb_server_port).await?;
+            let lb = lb::LoadBalancer::start(listener, servers, lb::LbOptions::default())?;
+            let kc = lb::write_kubeconfig(&kubeconfig, &a.data_dir.join(lb::KUBECONFIG_FILE), &lb.url())?;
+            (None, kc, Some(Arc::new(lb)))
+        } else {
+            (servers.into_iter().next(), kubeconfig, None)
+        };
         Ok(AgentConfig {
-            server: a.server,
-            kubeconfig: a.kubeconfig,
+            server,
+            kubeconfig,
+            lb,
             node_name,
             node_ip,
             cni_conf_dir: a.cni_conf_dir.unwrap_or_else(|| a.data_dir.join("cni/net.d")),
@@ -171,6 +219,11 @@ fn default_ip() -> IpAddr {
 
 /// Builds the API client from the kubeconfig (and `--server`).
 pub async fn client(kubeconfig: &Path, server: Option<&str>) -> Result<Client> {
+    Ok(client_and_roots(kubeconfig, server).await?.0)
+}
+
+/// The client and the CA certificates (DER) it trusts.
+async fn client_and_roots(kubeconfig: &Path, server: Option<&str>) -> Result<(Client, Vec<Vec<u8>>)> {
     #[allow(deprecated)]
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|source| AgentError::Kubeconfig { path: kubeconfig.into(), source })?;
@@ -180,7 +233,8 @@ pub async fn client(kubeconfig: &Path, server: Option<&str>) -> Result<Client> {
     if let Some(s) = server {
         cfg.cluster_url = s.parse().map_err(|_| AgentError::Config(format!("--server {s:?} is not a URL")))?;
     }
-    Client::try_from(cfg).map_err(|source| AgentError::Client { path: kubeconfig.into(), source })
+    let roots = cfg.root_cert.clone().unwrap_or_default();
+    Ok((Client::try_from(cfg).map_err(|source| AgentError::Client { path: kubeconfig.into(), source })?, roots))
 }
 
 /// A running agent (for tests and embedding): stop it with [`RunningAgent::shutdown`].
@@ -193,6 +247,8 @@ pub struct RunningAgent {
     pub pod_cidr: IpNet,
     /// Where the streaming server listens.
     pub stream_addr: Option<SocketAddr>,
+    /// The API server load balancer, kept running with the agent.
+    pub lb: Option<Arc<lb::LoadBalancer>>,
 }
 
 impl RunningAgent {
@@ -222,7 +278,12 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     for d in [&cfg.data_dir, &cfg.cni_conf_dir] {
         std::fs::create_dir_all(d).map_err(AgentError::io("creating dir", d))?;
     }
-    let client = client(&cfg.kubeconfig, cfg.server.as_deref()).await?;
+    let (client, roots) = client_and_roots(&cfg.kubeconfig, cfg.server.as_deref()).await?;
+    // the streaming endpoint's certificate (from the join, or requested with the kubeconfig's credentials)
+    let stream_tls = match cfg.stream_address {
+        Some(_) => Some(join::serving_credentials(&client, &roots, &cfg.node_name, cfg.node_ip, &cfg.data_dir).await?),
+        None => None,
+    };
     // 1. runtime
     let (containerd, socket) = match &cfg.container_runtime_endpoint {
         Some(ep) => (None, ep.clone()),
@@ -237,8 +298,21 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     let cri = RemoteCri::connect(&socket).await?;
     let version = cri.version().await?;
     let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
+    let cri: Arc<dyn Cri> = Arc::new(cri);
+    // the streaming endpoint first: its port goes into the Node's daemonEndpoints
+    let (stream_addr, stream_task) = match (cfg.stream_address, &stream_tls) {
+        (Some(a), Some(tls)) => {
+            let (addr, h) = stream::StreamServer::start(cri.clone(), a, cfg.containerd_netns.clone(), tls).await?;
+            tracing::info!(%addr, "streaming server (HTTPS: logs, exec, attach, port-forward) listening");
+            (Some(addr), Some(h))
+        }
+        _ => (None, None),
+    };
     // 2. node, podCIDR, conflist
-    let facts = node::NodeFacts::gather(&cfg.node_name, cfg.node_ip, &runtime_version);
+    let mut facts = node::NodeFacts::gather(&cfg.node_name, cfg.node_ip, &runtime_version);
+    if let Some(a) = stream_addr {
+        facts.kubelet_port = a.port();
+    }
     let n = node::register(&client, &facts, false).await?;
     node::renew_lease(&client, &n).await?;
     let pod_cidr = node::wait_pod_cidr(&client, &cfg.node_name, cfg.pod_cidr, cfg.pod_cidr_timeout).await?;
@@ -248,15 +322,6 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     let n = node::update_status(&client, &facts, true, n.status.as_ref()).await?;
     tracing::info!(node = %cfg.node_name, %pod_cidr, runtime = %runtime_version, "node registered and ready");
 
-    let cri: Arc<dyn Cri> = Arc::new(cri);
-    let (stream_addr, stream_task) = match cfg.stream_address {
-        Some(a) => {
-            let (addr, h) = stream::StreamServer::start(cri.clone(), a, cfg.containerd_netns.clone()).await?;
-            tracing::info!(%addr, "streaming server (logs, exec, attach, port-forward) listening");
-            (Some(addr), Some(h))
-        }
-        None => (None, None),
-    };
     let host_resolv = ResolvConf::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
     let shared = Shared {
         cri,
@@ -284,7 +349,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         }
         r
     });
-    Ok(RunningAgent { task, stop: stop_tx, cri_socket: socket, pod_cidr, stream_addr })
+    Ok(RunningAgent { task, stop: stop_tx, cri_socket: socket, pod_cidr, stream_addr, lb: cfg.lb })
 }
 
 async fn main_loop(sh: Shared, facts: node::NodeFacts, node_obj: k8s_openapi::api::core::v1::Node, containerd: Option<containerd::Containerd>, mut stop: watch::Receiver<bool>) -> Result<()> {
@@ -312,7 +377,9 @@ async fn main_loop(sh: Shared, facts: node::NodeFacts, node_obj: k8s_openapi::ap
     });
     let pods: Api<Pod> = Api::all(client.clone());
     let wcfg = watcher::Config::default().fields(&format!("spec.nodeName={}", sh.node.node_name));
-    let mut stream = watcher(pods, wcfg).boxed();
+    // after a broken connection (an API server died) the watcher resumes from its last
+    // resourceVersion or re-lists; the back-off keeps it from spinning while no server answers
+    let mut stream = watcher(pods, wcfg).default_backoff().boxed();
     let mut workers: HashMap<String, (watch::Sender<Pod>, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut init_seen: Option<Vec<String>> = None;
     let mut check = tokio::time::interval(Duration::from_secs(2));

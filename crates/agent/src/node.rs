@@ -50,6 +50,8 @@ pub struct NodeFacts {
     pub machine_id: String,
     /// /proc/sys/kernel/random/boot_id.
     pub boot_id: String,
+    /// Port of the streaming endpoint (`daemonEndpoints.kubeletEndpoint.Port`; 10250).
+    pub kubelet_port: u16,
 }
 
 impl NodeFacts {
@@ -84,6 +86,7 @@ impl NodeFacts {
             runtime_version: runtime_version.into(),
             machine_id: read("/etc/machine-id"),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
+            kubelet_port: 10250,
         }
     }
 }
@@ -143,7 +146,7 @@ pub fn node_status(f: &NodeFacts, ready: bool, prev: Option<&NodeStatus>, now: T
             ..Default::default()
         }),
         daemon_endpoints: Some(k8s_openapi::api::core::v1::NodeDaemonEndpoints {
-            kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: 10250 }),
+            kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: i32::from(f.kubelet_port) }),
         }),
         ..Default::default()
     }
@@ -271,6 +274,7 @@ mod tests {
             runtime_version: "containerd://1.6.20".into(),
             machine_id: "m".into(),
             boot_id: "b".into(),
+            kubelet_port: 10250,
         }
     }
 

@@ -1,7 +1,11 @@
 //! The node's streaming endpoint (the kubelet's :10250 role) for the API server to proxy
-//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` to. Plain HTTP/1.1 for now
-//! (TLS + client-cert authentication of the API server is still missing: bind it to an address
-//! only the API server reaches).
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` to.
+//!
+//! HTTPS (HTTP/1.1) with the node's serving certificate ([`StreamTls`], from the join). Every
+//! path but `/healthz` requires a client certificate signed by the cluster CA whose user is
+//! [`API_SERVER_CLIENT`] (what the API server presents, like kube-apiserver's
+//! `--kubelet-client-certificate`): no certificate is 401, any other user (an admin, a node) 403.
+//! A certificate from another CA fails the TLS handshake.
 //!
 //! ```text
 //! GET  /containerLogs/{ns}/{pod}/{container}?follow=&previous=&tailLines=&timestamps=&limitBytes=
@@ -23,8 +27,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 
 use crate::cri::{v1, Cri};
 use crate::error::{AgentError, Result};
@@ -127,6 +133,73 @@ pub fn render_log(line: &LogLine, timestamps: bool) -> String {
     s
 }
 
+/// The user the API server authenticates as when it calls a node (CN of its kubelet client
+/// certificate, O=system:masters): [`dari_pki::KUBELET_CLIENT_USER`], shared with the API server.
+pub const API_SERVER_CLIENT: &str = dari_pki::KUBELET_CLIENT_USER;
+
+/// TLS material of the streaming endpoint, all PEM.
+#[derive(Clone)]
+pub struct StreamTls {
+    /// The cluster CA: client certificates must be signed by it.
+    pub ca_pem: String,
+    /// The node's serving certificate (SANs: node name and IP).
+    pub cert_pem: String,
+    /// Its key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for StreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTls").field("key_pem", &"[elided]").finish_non_exhaustive()
+    }
+}
+
+impl StreamTls {
+    /// The rustls server config: this serving certificate, ALPN http/1.1, client certificates
+    /// verified against the CA but optional (so that a missing one is answered 401, not a
+    /// handshake failure).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
+        let bad = |what: &str, e: String| AgentError::Config(format!("streaming endpoint TLS: {what}: {e}"));
+        let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).map_err(|e| bad("CA", e.to_string()))?;
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()).collect::<std::result::Result<Vec<_>, _>>().map_err(|e| bad("serving certificate", e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad("serving key", e.to_string()))?;
+        Self::server_config_from(&ca, chain, key)
+    }
+
+    pub(crate) fn server_config_from(ca: &CertificateDer<'_>, chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<rustls::ServerConfig>> {
+        #[allow(deprecated)] // ring, as everywhere in dari
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = |what: &str| {
+            let what = what.to_string();
+            move |source| AgentError::Tls { what, source }
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned()).map_err(tls("cluster CA"))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| AgentError::Config(format!("streaming endpoint TLS: client verifier: {e}")))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls("server config"))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(tls("serving certificate and key"))?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// Who may call the endpoint (pure): `Ok` for the API server's kubelet client, else the HTTP
+/// status and message (401 without a certificate, 403 for any other user).
+pub fn authorize(user: Option<&dari_pki::UserInfo>) -> std::result::Result<(), (u16, String)> {
+    match user {
+        None => Err((401, "Unauthorized: a client certificate signed by the cluster CA is required\n".into())),
+        Some(u) if u.name == API_SERVER_CLIENT => Ok(()),
+        Some(u) => Err((403, format!("Forbidden: user {:?} may not use this node's streaming endpoint (only {API_SERVER_CLIENT})\n", u.name))),
+    }
+}
+
 /// The streaming server.
 pub struct StreamServer {
     cri: Arc<dyn Cri>,
@@ -134,19 +207,40 @@ pub struct StreamServer {
 }
 
 impl StreamServer {
-    /// Binds `addr` and serves until the task is dropped. Returns the bound address.
-    /// `netns`: containerd's network namespace when the agent runs outside it (its stream
-    /// server listens on 127.0.0.1 there).
-    pub async fn start(cri: Arc<dyn Cri>, addr: SocketAddr, netns: Option<PathBuf>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    /// Binds `addr` and serves HTTPS with `tls` until the task is dropped. Returns the bound
+    /// address. `netns`: containerd's network namespace when the agent runs outside it (its
+    /// stream server listens on 127.0.0.1 there).
+    pub async fn start(cri: Arc<dyn Cri>, addr: SocketAddr, netns: Option<PathBuf>, tls: &StreamTls) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
         let l = TcpListener::bind(addr).await.map_err(AgentError::io("binding stream server", addr.to_string()))?;
         let bound = l.local_addr().map_err(AgentError::io("stream server address", addr.to_string()))?;
         let srv = Arc::new(StreamServer { cri, netns });
         let h = tokio::spawn(async move {
             loop {
-                let Ok((conn, peer)) = l.accept().await else { continue };
+                let (tcp, peer) = match l.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stream server accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let srv = srv.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = srv.serve(conn).await {
+                    let conn = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "stream TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "stream TLS handshake timed out"),
+                    };
+                    let user = match dari_pki::peer_identity(conn.get_ref().1) {
+                        Ok(u) => u,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "unusable client certificate");
+                            None
+                        }
+                    };
+                    if let Err(e) = srv.serve(conn, user).await {
                         tracing::debug!(%peer, error = %e, "stream connection");
                     }
                 });
@@ -155,7 +249,14 @@ impl StreamServer {
         Ok((bound, h))
     }
 
-    async fn serve(&self, mut conn: TcpStream) -> Result<()> {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, mut conn: S, user: Option<dari_pki::UserInfo>) -> Result<()> {
+        let r = self.handle(&mut conn, user).await;
+        // TLS close_notify: a close-delimited body (logs) ends cleanly for the client
+        let _ = conn.shutdown().await;
+        r
+    }
+
+    async fn handle<S: AsyncRead + AsyncWrite + Unpin>(&self, mut conn: &mut S, user: Option<dari_pki::UserInfo>) -> Result<()> {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let head_end = loop {
@@ -177,6 +278,12 @@ impl StreamServer {
         let span = tracing::info_span!("stream", method = %head.method, path = %head.path);
         let _e = span.enter();
         drop(_e);
+        if seg.as_slice() != ["healthz"] {
+            if let Err((code, msg)) = authorize(user.as_ref()) {
+                tracing::info!(method = %head.method, path = %head.path, user = ?user.as_ref().map(|u| &u.name), code, "stream request refused");
+                return respond(&mut conn, code, &msg).await;
+            }
+        }
         match seg.as_slice() {
             ["healthz"] => respond(&mut conn, 200, "ok\n").await,
             ["containerLogs", ns, pod, c] => self.logs(&mut conn, &head, ns, pod, c).await,
@@ -217,7 +324,7 @@ impl StreamServer {
         Ok(if previous { all.into_iter().nth(1) } else { all.into_iter().next() })
     }
 
-    async fn logs(&self, conn: &mut TcpStream, head: &Head, ns: &str, pod: &str, c: &str) -> Result<()> {
+    async fn logs<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: &mut S, head: &Head, ns: &str, pod: &str, c: &str) -> Result<()> {
         let previous = head.flag("previous");
         let Some(ctr) = self.find(ns, pod, c, previous).await? else {
             let what = if previous { "previous terminated container" } else { "container" };
@@ -293,7 +400,7 @@ impl StreamServer {
     }
 }
 
-async fn write_limited(conn: &mut TcpStream, data: &[u8], limit: &mut Option<usize>) -> bool {
+async fn write_limited<S: AsyncWrite + Unpin>(conn: &mut S, data: &[u8], limit: &mut Option<usize>) -> bool {
     let data = match limit {
         Some(0) => return false,
         Some(l) => {
@@ -306,10 +413,12 @@ async fn write_limited(conn: &mut TcpStream, data: &[u8], limit: &mut Option<usi
     conn.write_all(data).await.is_ok()
 }
 
-async fn respond(conn: &mut TcpStream, code: u16, body: &str) -> Result<()> {
+async fn respond<S: AsyncWrite + Unpin>(conn: &mut S, code: u16, body: &str) -> Result<()> {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         431 => "Request Header Fields Too Large",
         _ => "Error",
@@ -320,7 +429,7 @@ async fn respond(conn: &mut TcpStream, code: u16, body: &str) -> Result<()> {
 
 /// Rewrites the request line to containerd's streaming URL (keeping method, headers and any
 /// bytes already read) and copies both directions until either side closes.
-async fn relay(mut client: TcpStream, head: &Head, rest: &[u8], url: &str, netns: Option<&std::path::Path>) -> Result<()> {
+async fn relay<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, head: &Head, rest: &[u8], url: &str, netns: Option<&std::path::Path>) -> Result<()> {
     let (hostport, path) = split_url(url).ok_or_else(|| AgentError::Config(format!("CRI returned an unusable stream URL {url:?}")))?;
     let sa: SocketAddr = hostport.parse().map_err(|_| AgentError::Config(format!("CRI stream URL {url:?} has no IP:port")))?;
     let mut upstream = crate::netns::connect(sa, netns, Duration::from_secs(5)).await.map_err(AgentError::io("connecting to CRI stream server", hostport.clone()))?;

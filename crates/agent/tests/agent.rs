@@ -25,6 +25,7 @@ async fn apiserver(dir: &std::path::Path) -> dari_apiserver::RunningServer {
         cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
         tls_san: vec![],
         bookmark_interval_seconds: 1,
+        datastore: Default::default(),
     };
     dari_apiserver::start(args).await.expect("server starts")
 }
@@ -74,8 +75,10 @@ async fn env(tag: &str, cidr: &str) -> anyhow::Result<(Env, AgentConfig)> {
     let cfg = AgentConfig {
         server: None,
         kubeconfig: server.admin_kubeconfig.clone(),
+        lb: None,
         node_name: node_name.clone(),
-        node_ip: "10.200.0.2".parse()?,
+        // loopback: the API server dials InternalIP:port to proxy kubectl logs/exec to the agent
+        node_ip: "127.0.0.1".parse()?,
         cni_conf_dir: data.join("cni/net.d"),
         data_dir: data.clone(),
         container_runtime_endpoint: None,
@@ -165,7 +168,7 @@ async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
     let st = ready.status.clone().unwrap_or_default();
     let ip: std::net::IpAddr = st.pod_ip.clone().unwrap_or_default().parse()?;
     assert!(cidr.contains(&ip), "pod IP {ip} outside {cidr}");
-    assert_eq!(st.host_ip.as_deref(), Some("10.200.0.2"));
+    assert_eq!(st.host_ip.as_deref(), Some("127.0.0.1"));
     for t in ["PodScheduled", "Initialized", "ContainersReady", "Ready", "PodReadyToStartContainers"] {
         assert_eq!(cond(&ready, t).as_deref(), Some("True"), "condition {t}: {:?}", st.conditions);
     }
@@ -185,12 +188,26 @@ async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
 
     // logs and exec through the agent's streaming endpoint (what the API server will proxy)
     let stream = agent.stream_addr.expect("stream server");
-    let logs = http_get(stream, "/containerLogs/default/bb/main").await;
+    // (HTTPS; only the API server's kubelet client certificate is admitted)
+    let anonymous = http_get(&server.pki, stream, None, "/containerLogs/default/bb/main").await;
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous:?}");
+    let as_admin = http_get(&server.pki, stream, Some(server.pki.admin_cert()), "/containerLogs/default/bb/main").await;
+    assert!(as_admin.starts_with("HTTP/1.1 403"), "{as_admin:?}");
+    let (kc, kk) = server.pki.issue_client_cert(dari_agent::stream::API_SERVER_CLIENT, &["system:masters"], 1)?;
+    let kubelet_client = dari_pki::CertKeyPem { cert_pem: kc, key_pem: kk };
+    let logs = http_get(&server.pki, stream, Some(&kubelet_client), "/containerLogs/default/bb/main").await;
     assert!(logs.starts_with("HTTP/1.1 200") && logs.ends_with("\r\n\r\nstarted bb\n"), "{logs:?}");
-    let (out, status) = ws_exec(stream, "/exec/default/bb/main?command=sh&command=-c&command=echo+out%3B+echo+err+%3E%262%3B+exit+3&stdout=1&stderr=1").await;
+    let (out, status) = ws_exec(&server.pki, &kubelet_client, stream, "/exec/default/bb/main?command=sh&command=-c&command=echo+out%3B+echo+err+%3E%262%3B+exit+3&stdout=1&stderr=1").await;
     assert_eq!(out.get(&1).map(|v| String::from_utf8_lossy(v).into_owned()).as_deref(), Some("out\n"), "{out:?}");
     assert_eq!(out.get(&2).map(|v| String::from_utf8_lossy(v).into_owned()).as_deref(), Some("err\n"), "{out:?}");
     assert!(status.contains("NonZeroExitCode") && status.contains("\"message\":\"3\""), "{status}");
+    // and through the API server with the real kubectl (API server → agent over TLS → containerd)
+    let out = kubectl(&server.admin_kubeconfig, &["logs", "bb"]).await;
+    assert!(out.status.success(), "kubectl logs: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started bb\n");
+    let out = kubectl(&server.admin_kubeconfig, &["exec", "bb", "--", "sh", "-c", "echo via-apiserver; exit 3"]).await;
+    assert_eq!(out.status.code(), Some(3), "kubectl exec exit code: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-apiserver\n");
 
     // 2. a crashing container restarts with back-off; 3. a failing readiness probe keeps Ready false
     pods.create(&PostParams::default(), &pod("crash", &node_name, "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: dari.local/busybox:1.35\n    command: [\"sh\", \"-c\", \"echo boom; exit 3\"]\n")).await?;
@@ -248,9 +265,27 @@ async fn agent_runs_pods_end_to_end() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {
+    assert!(std::path::Path::new("/usr/bin/kubectl").exists(), "kubectl missing: scripts/install-deps.sh installs it");
+    let kubeconfig = kubeconfig.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || std::process::Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(&args).output().expect("kubectl runs")).await.expect("kubectl task")
+}
+
+/// TLS to the agent's streaming endpoint (serving cert for the node IP 127.0.0.1), trusting the
+/// cluster CA, presenting `client` if given.
+async fn tls_connect(pki: &dari_pki::Pki, addr: std::net::SocketAddr, client: Option<&dari_pki::CertKeyPem>) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let cfg = match client {
+        Some(c) => pki.client_config(&c.cert_pem, &c.key_pem).expect("client config"),
+        None => pki.anonymous_client_config().expect("client config"),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio_rustls::TlsConnector::from(cfg).connect(rustls::pki_types::ServerName::IpAddress(addr.ip().into()), tcp).await.expect("TLS handshake with the agent")
+}
+
+async fn http_get(pki: &dari_pki::Pki, addr: std::net::SocketAddr, client: Option<&dari_pki::CertKeyPem>, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut s = tls_connect(pki, addr, client).await;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").as_bytes()).await.expect("write");
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("logs in time").expect("read");
@@ -259,9 +294,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 /// A minimal WebSocket client speaking v4.channel.k8s.io: returns bytes per channel and the
 /// error channel (3) text, which carries the exit status.
-async fn ws_exec(addr: std::net::SocketAddr, path: &str) -> (std::collections::BTreeMap<u8, Vec<u8>>, String) {
+async fn ws_exec(pki: &dari_pki::Pki, client: &dari_pki::CertKeyPem, addr: std::net::SocketAddr, path: &str) -> (std::collections::BTreeMap<u8, Vec<u8>>, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut s = tls_connect(pki, addr, Some(client)).await;
     let req = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
@@ -486,5 +521,93 @@ async fn multicontainer_pod_shares_network_and_volume() -> anyhow::Result<()> {
     assert!(cri.list_pod_sandboxes().await?.is_empty());
     agent.shutdown().await?;
     drop(e);
+    Ok(())
+}
+
+/// `dari agent --server A,B`: the whole agent (its own containerd) through the API server load
+/// balancer; server A dies (every connection closed, listener gone) while the agent runs: the
+/// Node's Lease keeps being renewed and the pod watch recovers (a pod created afterwards runs
+/// and is torn down) via B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_survives_the_death_of_its_api_server() -> anyhow::Result<()> {
+    use dari_agent::lb;
+    common::require_tools();
+    let mut h = common::ha::ha().await;
+    let relay = common::ha::Relay::start(h.a.as_ref().expect("A").addr).await;
+    let b_url = format!("https://{}", h.b.addr);
+    let tmp = tempfile::Builder::new().prefix("dari-agent-lb").tempdir_in("/var/tmp")?;
+    let data = tmp.path().join("agent");
+    let balancer = lb::LoadBalancer::start(lb::LoadBalancer::bind(&data, 0).await?, vec![relay.url(), b_url.clone()], lb::LbOptions::default())?;
+    let kubeconfig = lb::write_kubeconfig(&h.tmp.path().join("a/admin.kubeconfig"), &data.join(lb::KUBECONFIG_FILE), &balancer.url())?;
+    let balancer = std::sync::Arc::new(balancer);
+    let netns = common::NetNs::new("lb");
+    let node_name = format!("agent-lb-{}", std::process::id());
+    let _cg = common::CgroupGuard(format!("/dari/{node_name}"));
+    let cfg = AgentConfig {
+        server: None,
+        kubeconfig,
+        lb: Some(balancer.clone()),
+        node_name: node_name.clone(),
+        node_ip: "127.0.0.1".parse()?,
+        cni_conf_dir: data.join("cni/net.d"),
+        data_dir: data.clone(),
+        container_runtime_endpoint: None,
+        cni_bin_dir: PathBuf::from("/usr/lib/cni"),
+        pod_cidr: Some("10.244.7.0/24".parse()?),
+        cluster_dns: vec!["10.96.0.10".parse()?],
+        cluster_domain: "cluster.local".into(),
+        mtu: 1450,
+        containerd_netns: Some(netns.path.clone()),
+        backoff: Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(4) },
+        tick: Duration::from_millis(200),
+        pod_cidr_timeout: Duration::from_secs(5),
+        stream_address: Some("127.0.0.1:0".parse()?),
+    };
+    let agent = dari_agent::start(cfg).await?;
+    assert_eq!(balancer.current(), relay.url());
+    // observed on B directly
+    let client_b = dari_agent::client(&h.tmp.path().join("b/admin.kubeconfig"), None).await?;
+    let pods: Api<Pod> = Api::namespaced(client_b.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client_b.clone(), "kube-node-lease");
+    let spec = "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: dari.local/busybox:1.35\n    command: [\"sleep\", \"3600\"]\n";
+    let running = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            wait_for(&format!("{name} Running"), Duration::from_secs(60), || async {
+                let p = pods.get(name).await.ok()?;
+                (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
+            })
+            .await
+        }
+    };
+    pods.create(&PostParams::default(), &pod("before", &node_name, spec)).await?;
+    running("before").await;
+
+    // A dies
+    relay.set(common::ha::Mode::Kill);
+    drop(h.a.take());
+    let killed = chrono::Utc::now();
+    let t0 = Instant::now();
+    pods.create(&PostParams::default(), &pod("after", &node_name, spec)).await?;
+    running("after").await;
+    eprintln!("pod created after A died Running in {:?}", t0.elapsed());
+    // the heartbeat renews every LEASE_SECONDS/4 = 10 s
+    let renewed = wait_for("Lease renewed after A died", Duration::from_secs(30), || async {
+        let t = leases.get(&node_name).await.ok()?.spec?.renew_time?;
+        (t.0 > killed).then_some(t)
+    })
+    .await;
+    eprintln!("Lease renewed {:?} after A died (at {:?})", t0.elapsed(), renewed.0);
+    assert_eq!(balancer.current(), b_url);
+    for name in ["before", "after"] {
+        pods.delete(name, &DeleteParams::default()).await?;
+    }
+    for name in ["before", "after"] {
+        wait_for(&format!("pod {name} gone"), Duration::from_secs(30), || async { pods.get_opt(name).await.ok()?.is_none().then_some(()) }).await;
+    }
+    let cri = RemoteCri::connect(&agent.cri_socket).await?;
+    assert!(cri.list_pod_sandboxes().await?.is_empty(), "sandboxes left");
+    agent.shutdown().await?;
+    drop(netns);
     Ok(())
 }

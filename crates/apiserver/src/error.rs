@@ -191,6 +191,10 @@ impl From<dari_store::StoreError> for ApiError {
         match &e {
             S::Compacted { .. } => ApiError::gone(format!("too old resource version: {e}")),
             S::FutureRevision { .. } => ApiError::timeout(format!("Too large resource version: {e}")),
+            S::Unavailable { .. } => {
+                let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+                ApiError::unavailable(format!("{e}{cause}"))
+            }
             _ => {
                 let mut chain = e.to_string();
                 let mut src = std::error::Error::source(&e);

@@ -42,6 +42,8 @@ pub struct Http {
     pub pki: Arc<dari_pki::Pki>,
     /// The secret half of the node join token (`<ca hash>::<secret>`).
     pub join_secret: String,
+    /// TLS client for the node agents' streaming endpoints (logs, exec, attach, port-forward).
+    pub kubelet: Arc<crate::nodeproxy::KubeletClient>,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -234,7 +236,7 @@ impl Http {
         if path == crate::join::JOIN_PATH && req.method() == Method::POST {
             let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let body = read_body(req).await?;
-            return crate::join::issue(&self.pki, &self.join_secret, &auth, &body).map(|v| json_response(200, &v, &[]));
+            return crate::join::issue(&self.pki, &self.join_secret, &auth, user.as_ref(), &body).map(|v| json_response(200, &v, &[]));
         }
         let Some(user) = user else { return Err(ApiError::unauthorized()) };
         let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -296,7 +298,7 @@ impl Http {
         if matches!(rr.subresource.as_deref(), Some("exec" | "attach" | "portforward")) {
             let pod = self.api.get(rr.resource, rr.namespace.as_deref(), rr.name.as_deref().unwrap_or("")).await?;
             let sub = rr.subresource.clone().unwrap_or_default();
-            return crate::nodeproxy::upgrade(&self.api, &pod, &sub, req).await;
+            return crate::nodeproxy::upgrade(&self.api, &self.kubelet, &pod, &sub, req).await;
         }
         let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
         let body = if method == Method::POST || method == Method::PUT || method == Method::PATCH || method == Method::DELETE {
@@ -310,7 +312,7 @@ impl Http {
             ("get", Some("scale")) => Ok(json_response(200, &self.api.scale(r, ns, rr.name.as_deref().unwrap_or("")).await?, &[])),
             ("get", Some("log")) => {
                 let pod = self.api.get(r, ns, rr.name.as_deref().unwrap_or("")).await?;
-                crate::nodeproxy::logs(&self.api, &pod, &query).await
+                crate::nodeproxy::logs(&self.api, &self.kubelet, &pod, &query).await
             }
             ("get", sub) => {
                 let obj = self.api.get(r, ns, rr.name.as_deref().unwrap_or("")).await?;

@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod apply;
 pub mod auth;
 pub mod bootstrap;
+pub mod claims;
 pub mod discovery;
 pub mod error;
 pub mod http;
@@ -58,6 +59,39 @@ pub struct ServerArgs {
     /// Seconds between watch bookmarks.
     #[arg(long, default_value_t = 60)]
     pub bookmark_interval_seconds: u64,
+    /// Where the objects live.
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
+}
+
+/// The datastore flags of `dari server` (kube-apiserver's `--etcd-*` names).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DatastoreArgs {
+    /// `sqlite` (embedded, DATA_DIR/state.db) or `etcd` (`--etcd-servers`; several `dari server`s may share it).
+    #[arg(long, value_enum, default_value_t = Datastore::Sqlite)]
+    pub datastore: Datastore,
+    /// etcd client URLs, comma separated (e.g. https://10.0.0.1:2379,https://10.0.0.2:2379).
+    #[arg(long = "etcd-servers", value_delimiter = ',')]
+    pub etcd_servers: Vec<String>,
+    /// CA bundle that signed the etcd servers' certificates.
+    #[arg(long = "etcd-cafile")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate presented to etcd (`--client-cert-auth`).
+    #[arg(long = "etcd-certfile")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Key of `--etcd-certfile`.
+    #[arg(long = "etcd-keyfile")]
+    pub etcd_keyfile: Option<PathBuf>,
+}
+
+/// Which datastore backend.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Datastore {
+    /// Embedded SQLite in the data dir (one server).
+    #[default]
+    Sqlite,
+    /// An etcd v3 cluster (one or more servers).
+    Etcd,
 }
 
 /// Why the server could not start.
@@ -166,9 +200,7 @@ pub async fn start(args: ServerArgs) -> Result<RunningServer, ServerError> {
         .map_err(|source| ServerError::Pki { dir: dir.clone(), source })?;
     let pki = Arc::new(pki);
     tracing::info!("[2/4] datastore");
-    let db = dir.join("state.db");
-    let store: Arc<dyn dari_store::Store> =
-        Arc::new(dari_store::SqliteStore::open(&db).map_err(|source| ServerError::Store { path: db.clone(), source })?);
+    let store = open_store(&args.datastore, &dir).await?;
     let advertise = args.advertise_address.unwrap_or(if args.bind_address.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { args.bind_address });
     let listener = TcpListener::bind(SocketAddr::new(args.bind_address, args.secure_port))
         .await
@@ -192,13 +224,55 @@ pub async fn start(args: ServerArgs) -> Result<RunningServer, ServerError> {
         bookmark_interval: Duration::from_secs(args.bookmark_interval_seconds.max(1)),
         pki: pki.clone(),
         join_secret,
+        kubelet: Arc::new(nodeproxy::KubeletClient::new(&pki).map_err(|source| ServerError::Pki { dir: dir.clone(), source })?),
     });
     let mut tasks = Vec::new();
     tasks.push(dari_store::spawn_auto_compactor(store.clone(), 10_000, Duration::from_secs(300)));
+    tasks.push(tokio::spawn(run_allocation_repair(api.clone(), Duration::from_secs(60))));
+    tasks.push(tokio::spawn(bootstrap::run_apiserver_endpoints(api.clone())));
     tasks.push(tokio::spawn(bootstrap::run_namespace_finalizer(api.clone())));
     tasks.push(tokio::spawn(serve(listener, tls, http)));
     tracing::info!(%addr, kubeconfig = %admin_kubeconfig.display(), "[4/4] serving");
     Ok(RunningServer { addr, admin_kubeconfig, api, pki, tasks })
+}
+
+/// Opens the datastore the flags name.
+async fn open_store(args: &DatastoreArgs, dir: &std::path::Path) -> Result<Arc<dyn dari_store::Store>, ServerError> {
+    match args.datastore {
+        Datastore::Sqlite => {
+            let db = dir.join("state.db");
+            let store = dari_store::SqliteStore::open(&db).map_err(|source| ServerError::Store { path: db.clone(), source })?;
+            Ok(Arc::new(store))
+        }
+        Datastore::Etcd => {
+            if args.etcd_servers.is_empty() {
+                return Err(ServerError::Flag { flag: "--etcd-servers", message: "--datastore etcd needs at least one etcd URL".into() });
+            }
+            let cfg = dari_store::EtcdConfig {
+                endpoints: args.etcd_servers.clone(),
+                ca_file: args.etcd_cafile.clone(),
+                cert_file: args.etcd_certfile.clone(),
+                key_file: args.etcd_keyfile.clone(),
+            };
+            let store = dari_store::EtcdStore::connect(cfg)
+                .await
+                .map_err(|source| ServerError::Store { path: PathBuf::from(args.etcd_servers.join(",")), source })?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Runs the ClusterIP/NodePort repair pass every `every` (see [`claims`]).
+async fn run_allocation_repair(api: Arc<rest::Api>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first pass ran in Api::new
+    loop {
+        ticker.tick().await;
+        if let Err(e) = api.repair_allocations().await {
+            tracing::warn!(error = %e.message, "allocation repair failed; retrying at the next pass");
+        }
+    }
 }
 
 /// Writes `DIR/node-token` on first start; returns its secret half.

@@ -1,10 +1,14 @@
 //! Proxying `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` to the node agent (the
 //! kubelet's `/containerLogs/…`, `/exec/…`, `/attach/…`, `/portforward/…` on port 10250).
 //!
-//! Stopgap, said plainly: the agent's streaming endpoint speaks plain HTTP today, so these
-//! connections are not encrypted or authenticated; they stay on the node LAN (the lab's bridge).
-//! The join endpoint already issues agents a CA-signed serving certificate; TLS with a kubelet
-//! client certificate is the next step.
+//! The connections are HTTPS ([`KubeletClient`]): the agent's serving certificate (issued at
+//! join, SANs node name and IP) is verified against the cluster CA for the node's InternalIP, and
+//! the API server presents its kubelet client certificate (CN=[`KUBELET_CLIENT_USER`],
+//! O=system:masters, like kube-apiserver's `--kubelet-client-certificate`), the only identity the
+//! agent admits.
+
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,6 +20,50 @@ use serde_json::Value;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Body, Query};
 use crate::rest::Api;
+
+/// User name of the API server's kubelet client certificate (the agent admits only it).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
+/// The API server's TLS client for node agents.
+pub struct KubeletClient {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for KubeletClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeletClient").finish_non_exhaustive()
+    }
+}
+
+/// A TLS connection to an agent.
+pub type AgentConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+impl KubeletClient {
+    /// Issues the kubelet client certificate (CN=[`KUBELET_CLIENT_USER`], O=system:masters,
+    /// one year, kept in memory: a restart issues a new one) and builds a client trusting only
+    /// the cluster CA.
+    pub fn new(pki: &dari_pki::Pki) -> Result<KubeletClient, dari_pki::PkiError> {
+        let (cert, key) = pki.issue_client_cert(KUBELET_CLIENT_USER, &[dari_pki::GROUP_MASTERS], 365)?;
+        let mut cfg = (*pki.client_config(&cert, &key)?).clone();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(KubeletClient { tls: Arc::new(cfg) })
+    }
+
+    /// Connects to `host:port`, verifying the agent's serving certificate for `host` (an IP
+    /// address, the node's InternalIP, or a DNS name).
+    pub async fn connect(&self, host: &str, port: u16) -> Result<AgentConn, String> {
+        let name = match host.parse::<IpAddr>() {
+            Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+            Err(_) => rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?,
+        };
+        let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| format!("TLS with the agent: {e}"))
+    }
+}
 
 /// Where a node's agent listens: InternalIP and the kubelet endpoint port.
 pub async fn node_endpoint(api: &Api, node: &str) -> ApiResult<(String, u16)> {
@@ -33,7 +81,7 @@ pub async fn node_endpoint(api: &Api, node: &str) -> ApiResult<(String, u16)> {
 }
 
 /// GET …/pods/{name}/log.
-pub async fn logs(api: &Api, pod: &Value, q: &Query) -> ApiResult<Response<Body>> {
+pub async fn logs(api: &Api, kubelet: &KubeletClient, pod: &Value, q: &Query) -> ApiResult<Response<Body>> {
     let (ns, name, node, container) = target(pod, q)?;
     let (ip, port) = node_endpoint(api, &node).await?;
     let mut qs: Vec<String> = Vec::new();
@@ -44,8 +92,8 @@ pub async fn logs(api: &Api, pod: &Value, q: &Query) -> ApiResult<Response<Body>
     }
     let path = format!("/containerLogs/{ns}/{name}/{container}{}{}", if qs.is_empty() { "" } else { "?" }, qs.join("&"));
     let unreachable = |e: String| ApiError::unavailable(format!("the node agent of {node} ({ip}:{port}) cannot be reached to serve the logs of {name}: {e}"));
-    let tcp = tokio::net::TcpStream::connect((ip.as_str(), port)).await.map_err(|e| unreachable(e.to_string()))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| unreachable(e.to_string()))?;
+    let tls = kubelet.connect(&ip, port).await.map_err(unreachable)?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -97,7 +145,7 @@ fn target(pod: &Value, q: &Query) -> ApiResult<(String, String, String, String)>
 
 /// exec / attach / portforward: relays the client's upgrade request (SPDY or WebSocket) to the
 /// node agent and, once it answers 101, copies bytes both ways.
-pub async fn upgrade(api: &Api, pod: &Value, sub: &str, mut req: http::Request<hyper::body::Incoming>) -> ApiResult<Response<Body>> {
+pub async fn upgrade(api: &Api, kubelet: &KubeletClient, pod: &Value, sub: &str, mut req: http::Request<hyper::body::Incoming>) -> ApiResult<Response<Body>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let q = Query::parse(req.uri().query());
     let (ns, name, node, container) = target(pod, &q)?;
@@ -108,7 +156,7 @@ pub async fn upgrade(api: &Api, pod: &Value, sub: &str, mut req: http::Request<h
     };
     let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
     let unreachable = |e: String| ApiError::unavailable(format!("the node agent of {node} ({ip}:{port}) cannot be reached for {sub} in {name}: {e}"));
-    let mut tcp = tokio::net::TcpStream::connect((ip.as_str(), port)).await.map_err(|e| unreachable(e.to_string()))?;
+    let mut tcp = kubelet.connect(&ip, port).await.map_err(unreachable)?;
     let mut head = format!("{} {path}{query} HTTP/1.1\r\nHost: {ip}:{port}\r\n", req.method());
     for (k, v) in req.headers() {
         if matches!(k.as_str(), "host" | "authorization" | "content-length") {

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::alloc::{IpAllocator, PortAllocator};
+use crate::claims::{Claim, ClaimError, Owner};
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::object::{meta_mut, meta_str, name, now_rfc3339, random_suffix, same_ignoring_rv, spec_part};
 
@@ -154,6 +155,7 @@ pub struct Api {
     store: Arc<dyn Store>,
     settings: ApiSettings,
     alloc: Mutex<Allocations>,
+    repair_suspects: Mutex<std::collections::HashMap<Claim, Revision>>,
 }
 
 /// Decodes a stored value into an object whose resourceVersion is the key's modRevision.
@@ -224,22 +226,13 @@ fn decode_continue(s: &str, prefix: &str) -> ApiResult<ContinueToken> {
 }
 
 impl Api {
-    /// Builds the REST layer and rebuilds the allocators from the stored Services.
+    /// Builds the REST layer; the allocators are rebuilt from the stored Services and claims.
     pub async fn new(store: Arc<dyn Store>, settings: ApiSettings) -> ApiResult<Self> {
-        let mut ips = IpAllocator::new(settings.service_cidr);
-        let mut ports = PortAllocator::new(settings.node_ports.0, settings.node_ports.1);
-        let svc = registry::find("", "v1", "services").ok_or_else(|| ApiError::internal("services not registered"))?;
-        let list = store.list(ListOptions { prefix: &svc.prefix(None), start_after: None, limit: 0, revision: None }).await?;
-        for kv in &list.items {
-            let obj = decode(kv)?;
-            for ip in service_ips(&obj) {
-                let _ = ips.allocate(ip);
-            }
-            for p in node_ports(&obj) {
-                let _ = ports.allocate(p);
-            }
-        }
-        Ok(Self { store, settings, alloc: Mutex::new(Allocations { ips, ports }) })
+        let ips = IpAllocator::new(settings.service_cidr);
+        let ports = PortAllocator::new(settings.node_ports.0, settings.node_ports.1);
+        let api = Self { store, settings, alloc: Mutex::new(Allocations { ips, ports }), repair_suspects: Mutex::new(Default::default()) };
+        api.repair_allocations().await?;
+        Ok(api)
     }
 
     /// The store.
@@ -436,7 +429,7 @@ impl Api {
         prepare_create(r, &mut obj);
         let obj_ns = if r.scope == Scope::Namespaced { Some(ns.unwrap_or("default").to_string()) } else { None };
 
-        for attempt in 0..8 {
+        for attempt in 0..16 {
             let mut candidate = obj.clone();
             let cname = match (&explicit, &generate) {
                 (Some(n), _) => n.clone(),
@@ -459,6 +452,9 @@ impl Api {
                 }
                 return Ok(Written { object: candidate, warnings, created: true });
             }
+            if !self.claim_service(&mut alloc, r, obj_ns.as_deref(), &candidate, &reserved).await? {
+                continue; // another server took an automatically chosen value: choose again
+            }
             match self.store.create(&key, encode(&candidate)?).await {
                 Ok(kv) => {
                     drop(alloc);
@@ -466,12 +462,12 @@ impl Api {
                     tracing::debug!(key, rv = kv.mod_revision, "created");
                     return Ok(Written { object, warnings, created: true });
                 }
-                Err(StoreError::AlreadyExists { .. }) if explicit.is_none() && attempt < 7 => {
-                    reserved.release(&mut alloc);
+                Err(StoreError::AlreadyExists { .. }) if explicit.is_none() && attempt < 15 => {
+                    self.unclaim(&mut alloc, r, obj_ns.as_deref(), &cname, &reserved.claims, &reserved).await;
                     continue;
                 }
                 Err(e) => {
-                    reserved.release(&mut alloc);
+                    self.unclaim(&mut alloc, r, obj_ns.as_deref(), &cname, &reserved.claims, &reserved).await;
                     return Err(store_err(e, r, &cname));
                 }
             }
@@ -553,20 +549,24 @@ impl Api {
                 reserved.release(&mut alloc);
                 return Ok(Written { object: new, warnings: vec![], created: false });
             }
+            if !self.claim_service(&mut alloc, r, ns, &new, &reserved).await? {
+                continue; // another server took an automatically chosen value: choose again
+            }
             if deleting && finalizers_empty && !graceful_pod_pending(r, &new) {
                 match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                     Ok((_prev, rev)) => {
                         release_service(&mut alloc, r, &cur);
+                        self.unclaim(&mut alloc, r, ns, obj_name, &service_claims(&cur), &reserved).await;
                         let mut object = new;
                         meta_mut(&mut object).insert("resourceVersion".into(), json!(rev.to_string()));
                         return Ok(Written { object, warnings: vec![], created: false });
                     }
                     Err(StoreError::Conflict { .. }) if precondition.is_none() => {
-                        reserved.release(&mut alloc);
+                        self.unclaim(&mut alloc, r, ns, obj_name, &reserved.claims, &reserved).await;
                         continue;
                     }
                     Err(e) => {
-                        reserved.release(&mut alloc);
+                        self.unclaim(&mut alloc, r, ns, obj_name, &reserved.claims, &reserved).await;
                         return Err(store_err(e, r, obj_name));
                     }
                 }
@@ -574,14 +574,18 @@ impl Api {
             match self.store.update(&kv.key, encode(&new)?, Some(kv.mod_revision)).await {
                 Ok(kv2) => {
                     reserved.commit_release(&mut alloc);
+                    let dropped = reserved.released_claims();
+                    if r.kind == "Service" && !dropped.is_empty() {
+                        crate::claims::release_all(self.store.as_ref(), &dropped, &Owner::new(ns.unwrap_or(""), obj_name)).await;
+                    }
                     return Ok(Written { object: decode(&kv2)?, warnings: vec![], created: false });
                 }
                 Err(StoreError::Conflict { .. }) if precondition.is_none() => {
-                    reserved.release(&mut alloc);
+                    self.unclaim(&mut alloc, r, ns, obj_name, &reserved.claims, &reserved).await;
                     continue;
                 }
                 Err(e) => {
-                    reserved.release(&mut alloc);
+                    self.unclaim(&mut alloc, r, ns, obj_name, &reserved.claims, &reserved).await;
                     return Err(store_err(e, r, obj_name));
                 }
             }
@@ -800,6 +804,7 @@ impl Api {
             match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                 Ok((_prev, rev)) => {
                     release_service(&mut alloc, r, &cur);
+                    self.unclaim(&mut alloc, r, ns, obj_name, &service_claims(&cur), &Reserved::default()).await;
                     let mut object = cur;
                     meta_mut(&mut object).insert("resourceVersion".into(), json!(rev.to_string()));
                     return Ok((object, true));
@@ -861,14 +866,24 @@ impl Api {
                 let parsed: IpAddr = requested.parse().map_err(|_| {
                     invalid(r, &n, "spec.clusterIPs[0]", "FieldValueInvalid", format!("Invalid value: \"{requested}\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))
                 })?;
-                alloc.ips.allocate(parsed).map_err(|e| {
-                    invalid(r, &n, "spec.clusterIPs", "FieldValueInvalid", format!("Invalid value: []string{{\"{requested}\"}}: failed to allocate IP {requested}: {}", e))
-                })?;
+                match alloc.ips.allocate(parsed) {
+                    Ok(()) => reserved.ips.push(parsed),
+                    // held as far as this server knows: the datastore claim decides
+                    Err(crate::alloc::AllocError::Taken { .. }) => {}
+                    Err(e) => {
+                        return Err(invalid(r, &n, "spec.clusterIPs", "FieldValueInvalid", format!("Invalid value: []string{{\"{requested}\"}}: failed to allocate IP {requested}: {}", e)))
+                    }
+                }
+                reserved.explicit.push(Claim::Ip(parsed));
+                reserved.claims.push(Claim::Ip(parsed));
                 Some(requested.clone())
             };
             if let Some(ip) = &ip {
-                if let Ok(p) = ip.parse() {
-                    reserved.ips.push(p);
+                if let Ok(p) = ip.parse::<IpAddr>() {
+                    if requested.is_empty() {
+                        reserved.ips.push(p);
+                        reserved.claims.push(Claim::Ip(p));
+                    }
                 }
                 svc["spec"]["clusterIP"] = json!(ip);
                 svc["spec"]["clusterIPs"] = json!([ip]);
@@ -900,14 +915,19 @@ impl Api {
                     if keep.contains(&np16) {
                         continue;
                     }
-                    alloc.ports.allocate(np16).map_err(|e| {
-                        invalid(r, n, &format!("spec.ports[{i}].nodePort"), "FieldValueInvalid", format!("Invalid value: {np}: {}", e))
-                    })?;
-                    reserved.ports.push(np16);
+                    match alloc.ports.allocate(np16) {
+                        Ok(()) => reserved.ports.push(np16),
+                        // held as far as this server knows: the datastore claim decides
+                        Err(crate::alloc::AllocError::Taken { .. }) => {}
+                        Err(e) => return Err(invalid(r, n, &format!("spec.ports[{i}].nodePort"), "FieldValueInvalid", format!("Invalid value: {np}: {}", e))),
+                    }
+                    reserved.explicit.push(Claim::Port(np16));
+                    reserved.claims.push(Claim::Port(np16));
                 }
                 _ => {
                     let np = alloc.ports.allocate_next().map_err(|e| ApiError::internal(format!("failed to allocate a nodePort: {e}")))?;
                     reserved.ports.push(np);
+                    reserved.claims.push(Claim::Port(np));
                     p["nodePort"] = json!(np);
                 }
             }
@@ -941,6 +961,8 @@ impl Api {
             let got = self.admit_service_create(alloc, r, &mut copy)?;
             tmp.ips = got.ips;
             tmp.ports = got.ports;
+            tmp.claims = got.claims;
+            tmp.explicit = got.explicit;
             new["spec"]["clusterIP"] = copy["spec"]["clusterIP"].clone();
             new["spec"]["clusterIPs"] = copy["spec"]["clusterIPs"].clone();
             reserved = tmp;
@@ -983,12 +1005,96 @@ impl Api {
         })?;
         let new_ports = node_ports(new);
         reserved.ports.extend(fresh.ports);
+        reserved.claims.extend(fresh.claims);
+        reserved.explicit.extend(fresh.explicit);
         for p in old_ports {
             if !new_ports.contains(&p) {
                 reserved.release_after_commit_ports.push(p);
             }
         }
         Ok(reserved)
+    }
+
+    /// Claims a Service's newly reserved values in the datastore ([`crate::claims`]). `Ok(false)`:
+    /// another server holds an automatically chosen value; it is marked taken here and the caller
+    /// chooses again. A value the user asked for that another Service holds is a 422.
+    async fn claim_service(&self, alloc: &mut Allocations, r: &Resource, ns: Option<&str>, svc: &Value, reserved: &Reserved) -> ApiResult<bool> {
+        if r.kind != "Service" || reserved.claims.is_empty() {
+            return Ok(true);
+        }
+        let owner = Owner::new(ns.unwrap_or(""), name(svc));
+        match crate::claims::claim_all(self.store.as_ref(), &reserved.claims, &owner).await {
+            Ok(()) => Ok(true),
+            Err(ClaimError::Taken(c)) => {
+                reserved.release(alloc);
+                match c {
+                    Claim::Ip(ip) => {
+                        let _ = alloc.ips.allocate(ip);
+                    }
+                    Claim::Port(p) => {
+                        let _ = alloc.ports.allocate(p);
+                    }
+                }
+                tracing::debug!(claim = ?c, service = name(svc), "value held by another Service");
+                if reserved.explicit.contains(&c) {
+                    Err(taken_error(r, svc, c))
+                } else {
+                    Ok(false)
+                }
+            }
+            Err(ClaimError::Store(e)) => {
+                reserved.release(alloc);
+                Err(store_err(e, r, name(svc)))
+            }
+        }
+    }
+
+    /// Undoes a write's local reservations and drops its claims (a failed write, or a deleted Service).
+    async fn unclaim(&self, alloc: &mut Allocations, r: &Resource, ns: Option<&str>, obj_name: &str, claims: &[Claim], reserved: &Reserved) {
+        reserved.release(alloc);
+        if r.kind == "Service" && !claims.is_empty() {
+            crate::claims::release_all(self.store.as_ref(), claims, &Owner::new(ns.unwrap_or(""), obj_name)).await;
+        }
+    }
+
+    /// One pass of the allocation repair loop (run at start and periodically, as kube-apiserver's
+    /// repair controllers): creates claims Services lack, deletes claims no Service holds (seen
+    /// twice), and rebuilds the local allocators from what is in use cluster-wide.
+    pub async fn repair_allocations(&self) -> ApiResult<()> {
+        let mut suspects = self.repair_suspects.lock().await;
+        let svc = registry::find("", "v1", "services").ok_or_else(|| ApiError::internal("services not registered"))?;
+        let services = self.store.list(ListOptions { prefix: &svc.prefix(None), start_after: None, limit: 0, revision: None }).await?;
+        let mut held = Vec::with_capacity(services.items.len());
+        for kv in &services.items {
+            let obj = decode(kv)?;
+            let ns = meta_str(&obj, "namespace").unwrap_or("");
+            held.push((Owner::new(ns, name(&obj)), service_claims(&obj)));
+        }
+        let mut claims = self.store.list(ListOptions { prefix: crate::claims::IP_PREFIX, start_after: None, limit: 0, revision: None }).await?.items;
+        claims.extend(self.store.list(ListOptions { prefix: crate::claims::PORT_PREFIX, start_after: None, limit: 0, revision: None }).await?.items);
+        let plan = crate::claims::plan_repair(&held, &claims, &suspects);
+        crate::claims::apply_repair(self.store.as_ref(), &plan).await;
+        let mut ips = IpAllocator::new(self.settings.service_cidr);
+        let mut ports = PortAllocator::new(self.settings.node_ports.0, self.settings.node_ports.1);
+        for c in &plan.in_use {
+            match c {
+                Claim::Ip(ip) => {
+                    let _ = ips.allocate(*ip);
+                }
+                Claim::Port(p) => {
+                    let _ = ports.allocate(*p);
+                }
+            }
+        }
+        for (c, _) in &plan.delete {
+            match c {
+                Claim::Ip(ip) => ips.release(*ip),
+                Claim::Port(p) => ports.release(*p),
+            }
+        }
+        *self.alloc.lock().await = Allocations { ips, ports };
+        *suspects = plan.suspects;
+        Ok(())
     }
 
     /// Ensures an object exists with the given content (used at start-up for built-in objects).
@@ -1009,8 +1115,13 @@ impl Api {
 /// Addresses and ports reserved by one write, to undo if the write fails.
 #[derive(Default)]
 struct Reserved {
+    /// Values newly marked in the local allocators (undone if the write fails).
     ips: Vec<IpAddr>,
     ports: Vec<u16>,
+    /// Values this write must claim in the datastore ([`crate::claims`]).
+    claims: Vec<Claim>,
+    /// Of those, the ones the user asked for (a collision is a 422, not a retry).
+    explicit: Vec<Claim>,
     release_after_commit_ips: Vec<IpAddr>,
     release_after_commit_ports: Vec<u16>,
 }
@@ -1023,6 +1134,11 @@ impl Reserved {
         for p in &self.ports {
             alloc.ports.release(*p);
         }
+    }
+
+    /// The claims to drop once the write that stopped using them is committed.
+    fn released_claims(&self) -> Vec<Claim> {
+        self.release_after_commit_ips.iter().map(|ip| Claim::Ip(*ip)).chain(self.release_after_commit_ports.iter().map(|p| Claim::Port(*p))).collect()
     }
 
     fn commit_release(&self, alloc: &mut Allocations) {
@@ -1044,6 +1160,23 @@ fn release_service(alloc: &mut Allocations, r: &Resource, obj: &Value) {
     }
     for p in node_ports(obj) {
         alloc.ports.release(p);
+    }
+}
+
+/// Every value a stored Service holds (its ClusterIPs and NodePorts).
+fn service_claims(obj: &Value) -> Vec<Claim> {
+    service_ips(obj).into_iter().map(Claim::Ip).chain(node_ports(obj).into_iter().map(Claim::Port)).collect()
+}
+
+/// The 422 for a value the user asked for that another Service holds (upstream's wording).
+fn taken_error(r: &Resource, svc: &Value, c: Claim) -> ApiError {
+    let n = name(svc);
+    match c {
+        Claim::Ip(ip) => invalid(r, n, "spec.clusterIPs", "FieldValueInvalid", format!("Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated")),
+        Claim::Port(p) => {
+            let i = svc.pointer("/spec/ports").and_then(Value::as_array).and_then(|ps| ps.iter().position(|x| x.get("nodePort").and_then(Value::as_u64) == Some(u64::from(p)))).unwrap_or(0);
+            invalid(r, n, &format!("spec.ports[{i}].nodePort"), "FieldValueInvalid", format!("Invalid value: {p}: provided port is already allocated"))
+        }
     }
 }
 

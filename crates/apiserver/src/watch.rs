@@ -55,7 +55,16 @@ pub async fn watch(api: Arc<Api>, r: &'static Resource, ns: Option<String>, q: W
         from = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
     }
     let prefix = r.prefix(ns.as_deref());
-    let events = match api.store().watch(&prefix, from).await {
+    // Bookmarks come from the store's progress marks ("every event up to R was delivered"), in
+    // order with the events, never from the current revision, which may run ahead of events still
+    // on their way (a client resuming from such a bookmark would miss them).
+    let watched = if q.bookmarks {
+        let every = if q.bookmark_interval.is_zero() { Duration::from_secs(60) } else { q.bookmark_interval };
+        api.store().watch_with_progress(&prefix, from, every).await
+    } else {
+        api.store().watch(&prefix, from).await.map(|s| s.map(|r| r.map(dari_store::WatchItem::Event)).boxed())
+    };
+    let events = match watched {
         Ok(s) => s,
         Err(dari_store::StoreError::Compacted { requested, compacted }) => {
             let status = ApiError::gone(format!("too old resource version: {requested} ({compacted})")).to_status();
@@ -64,39 +73,26 @@ pub async fn watch(api: Arc<Api>, r: &'static Resource, ns: Option<String>, q: W
         Err(e) => return Err(e.into()),
     };
     let f = filter.clone();
+    let mut last_bookmark = from;
     let mapped = events.filter_map(move |ev| {
         let f = f.clone();
-        async move {
-            match ev {
-                Ok(ev) => translate(&f, ev),
-                Err(e) => Some(WatchEvent { kind: "ERROR", object: ApiError::from(e).to_status() }),
+        let out = match ev {
+            Ok(dari_store::WatchItem::Event(ev)) => translate(&f, ev),
+            Ok(dari_store::WatchItem::Progress(rev)) if rev >= last_bookmark => {
+                last_bookmark = rev;
+                Some(bookmark(r, rev, false))
             }
-        }
+            Ok(dari_store::WatchItem::Progress(_)) => None,
+            Err(e) => Some(WatchEvent { kind: "ERROR", object: ApiError::from(e).to_status() }),
+        };
+        async move { out }
     });
     let mut stream: BoxStream<'static, WatchEvent> = futures::stream::iter(first).chain(mapped).boxed();
-    if q.bookmarks {
-        let api2 = api.clone();
-        let ticks = tokio_stream_interval(q.bookmark_interval).then(move |_| {
-            let api = api2.clone();
-            async move { api.store().current_revision().await.ok().map(|rev| bookmark(r, rev, false)) }
-        });
-        let ticks = ticks.filter_map(|b| async move { b });
-        stream = futures::stream::select(stream, ticks).boxed();
-    }
     if let Some(t) = q.timeout {
         let deadline = tokio::time::sleep(t);
         stream = stream.take_until(deadline).boxed();
     }
     Ok(stream)
-}
-
-fn tokio_stream_interval(every: Duration) -> BoxStream<'static, ()> {
-    let every = if every.is_zero() { Duration::from_secs(60) } else { every };
-    futures::stream::unfold(tokio::time::interval_at(tokio::time::Instant::now() + every, every), |mut iv| async move {
-        iv.tick().await;
-        Some(((), iv))
-    })
-    .boxed()
 }
 
 fn bookmark(r: &Resource, rev: Revision, initial_end: bool) -> WatchEvent {

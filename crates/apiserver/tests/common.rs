@@ -9,6 +9,17 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub server: dari_apiserver::RunningServer,
     pub kubeconfig: PathBuf,
+    /// The etcd behind the server (etcd backend); dropped (killed) after the server.
+    pub etcd: Option<dari_store::testing::EtcdCluster>,
+}
+
+/// Which datastore a test server runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    /// Embedded SQLite in the temp dir.
+    Sqlite,
+    /// A one-member etcd started for the test on loopback.
+    Etcd,
 }
 
 pub fn scenarios() -> PathBuf {
@@ -22,6 +33,10 @@ pub fn scenarios() -> PathBuf {
 }
 
 pub async fn start() -> Cluster {
+    start_on(Backend::Sqlite).await
+}
+
+pub async fn start_on(backend: Backend) -> Cluster {
     assert!(std::path::Path::new("/usr/bin/kubectl").exists(), "kubectl missing: scripts/install-deps.sh installs it");
     let dir = tempfile::tempdir().expect("tempdir");
     let args = dari_apiserver::ServerArgs {
@@ -34,10 +49,24 @@ pub async fn start() -> Cluster {
         cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
         tls_san: vec!["dari.example".into()],
         bookmark_interval_seconds: 1,
+        datastore: Default::default(),
+    };
+    let mut args = args;
+    let etcd = match backend {
+        Backend::Sqlite => None,
+        Backend::Etcd => {
+            let etcd = dari_store::testing::EtcdCluster::start(1).await.expect("etcd starts (apt etcd-server; scripts/install-deps.sh)");
+            args.datastore = dari_apiserver::DatastoreArgs {
+                datastore: dari_apiserver::Datastore::Etcd,
+                etcd_servers: etcd.endpoints(),
+                ..Default::default()
+            };
+            Some(etcd)
+        }
     };
     let server = dari_apiserver::start(args).await.expect("server starts");
     let kubeconfig = server.admin_kubeconfig.clone();
-    Cluster { dir, server, kubeconfig }
+    Cluster { dir, server, kubeconfig, etcd }
 }
 
 impl Cluster {

@@ -2,15 +2,16 @@
 
 mod common;
 
+use common::Backend;
+
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_version_and_discovery() {
-    let c = common::start().await;
+async fn health_version_and_discovery(backend: Backend) {
+    let c = common::start_on(backend).await;
     assert_eq!(c.ok(&["get", "--raw", "/readyz"]).await.trim(), "ok");
     let v = c.ok(&["version", "-o", "json"]).await;
     assert_eq!(json(&v)["serverVersion"]["minor"], "32");
@@ -24,9 +25,8 @@ async fn health_version_and_discovery() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_is_401_but_health_is_open() {
-    let c = common::start().await;
+async fn anonymous_is_401_but_health_is_open(backend: Backend) {
+    let c = common::start_on(backend).await;
     let ca = c.dir.path().join("pki/ca.crt");
     let curl = |path: &str| {
         let out = std::process::Command::new("curl")
@@ -42,9 +42,8 @@ async fn anonymous_is_401_but_health_is_open() {
     assert_eq!(curl("/version"), "200");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubernetes_service_and_clusterip_scenario() {
-    let c = common::start().await;
+async fn kubernetes_service_and_clusterip_scenario(backend: Backend) {
+    let c = common::start_on(backend).await;
     let k = c.ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP} {.spec.ports[0].port}"]).await;
     assert_eq!(k, "10.96.0.1 443");
     let ep = c.ok(&["get", "endpoints", "kubernetes", "-o", "jsonpath={.subsets[0].addresses[0].ip}"]).await;
@@ -101,9 +100,8 @@ async fn kubernetes_service_and_clusterip_scenario() {
     assert!(c.ok(&["get", "pods", "-o", "name"]).await.trim().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn explain_uses_openapi() {
-    let c = common::start().await;
+async fn explain_uses_openapi(backend: Backend) {
+    let c = common::start_on(backend).await;
     let out = c.ok(&["explain", "pod.spec.containers"]).await;
     assert!(out.contains("KIND:") && out.contains("Pod") && out.contains("FIELD: containers"), "{out}");
     assert!(out.contains("image"), "{out}");
@@ -111,9 +109,8 @@ async fn explain_uses_openapi() {
     assert!(out.contains("rollingUpdate"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_seed_scenarios_apply_unchanged() {
-    let c = common::start().await;
+async fn all_seed_scenarios_apply_unchanged(backend: Backend) {
+    let c = common::start_on(backend).await;
     for s in ["seed-000-ingress", "seed-000-multicontainer", "seed-001-hardway", "seed-003-clusterip"] {
         let dir = common::scenarios().join(s);
         let out = c.ok(&["apply", "-f", dir.to_str().expect("utf8")]).await;
@@ -138,9 +135,8 @@ async fn all_seed_scenarios_apply_unchanged() {
     assert_eq!(deploy["metadata"]["generation"], 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_status_errors() {
-    let c = common::start().await;
+async fn bad_input_gets_status_errors(backend: Backend) {
+    let c = common::start_on(backend).await;
     let err = String::from_utf8_lossy(
         &c.kubectl_stdin(&["create", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_Valid\n".into())).await.stderr,
     )
@@ -175,9 +171,8 @@ async fn bad_input_gets_status_errors() {
     assert!(err.contains("the object has been modified"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patches_edit_dry_run_and_server_side_apply() {
-    let c = common::start().await;
+async fn patches_edit_dry_run_and_server_side_apply(backend: Backend) {
+    let c = common::start_on(backend).await;
     c.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]).await;
     // strategic merge keeps the other containers (merge key: name)
     c.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox"}]}}}}"#]).await;
@@ -220,9 +215,8 @@ async fn patches_edit_dry_run_and_server_side_apply() {
     assert!(mf["metadata"]["managedFields"].as_array().expect("managedFields").iter().any(|m| m["manager"] == "bob"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_streams_changes() {
-    let c = common::start().await;
+async fn watch_streams_changes(backend: Backend) {
+    let c = common::start_on(backend).await;
     let kc = c.kubeconfig.clone();
     let mut child = tokio::process::Command::new("kubectl")
         .args(["get", "configmaps", "-w", "--output-watch-events"])
@@ -260,9 +254,8 @@ async fn watch_streams_changes() {
     assert!(seen.contains("ADDED") && seen.contains("w1"), "{seen}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn namespace_deletion_empties_and_refuses_new_content() {
-    let c = common::start().await;
+async fn namespace_deletion_empties_and_refuses_new_content(backend: Backend) {
+    let c = common::start_on(backend).await;
     c.ok(&["create", "ns", "gone"]).await;
     c.ok(&["-n", "gone", "create", "configmap", "x", "--from-literal=a=b"]).await;
     let out = c.ok(&["delete", "ns", "gone", "--wait=true", "--timeout=20s"]).await;
@@ -272,9 +265,8 @@ async fn namespace_deletion_empties_and_refuses_new_content() {
     assert!(err.contains("namespaces \"nope\" not found"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_paging_and_selectors() {
-    let c = common::start().await;
+async fn list_paging_and_selectors(backend: Backend) {
+    let c = common::start_on(backend).await;
     for i in 0..7 {
         c.ok(&["create", "configmap", &format!("p{i}"), &format!("--from-literal=i={i}")]).await;
         c.ok(&["label", "configmap", &format!("p{i}"), &format!("parity={}", if i % 2 == 0 { "even" } else { "odd" })]).await;
@@ -292,9 +284,8 @@ async fn list_paging_and_selectors() {
     assert_eq!(out.lines().count(), 3, "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_wide_and_describe() {
-    let c = common::start().await;
+async fn nodes_wide_and_describe(backend: Backend) {
+    let c = common::start_on(backend).await;
     let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"myk8s-worker","labels":{"kubernetes.io/hostname":"myk8s-worker"}},
       "spec":{"podCIDR":"10.244.1.0/24","podCIDRs":["10.244.1.0/24"]},
       "status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"},{"type":"Hostname","address":"myk8s-worker"}],
@@ -321,25 +312,46 @@ async fn nodes_wide_and_describe() {
     // nothing listens on the node's kubelet port yet: a clear error, not a hang
     let err = c.fails(&["logs", "p"]).await;
     assert!(err.contains("node agent"), "{err}");
-    // a stand-in node agent on 127.0.0.1 (plain HTTP, as dari agent's stream endpoint today): logs are proxied to it
+    // a stand-in node agent on 127.0.0.1 (HTTPS with a CA-signed serving certificate for the node
+    // IP, client certificates required, as dari agent's stream endpoint): logs are proxied to it
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let acceptor = {
+        use rustls::pki_types::pem::PemObject as _;
+        let (cert, key) = c.server.pki.issue_serving_cert("myk8s-worker", &["myk8s-worker", "127.0.0.1"]).expect("serving cert");
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(c.server.pki.ca_der().clone()).expect("ca");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider.clone()).build().expect("verifier");
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")], rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"))
+            .expect("server config");
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg))
+    };
     let kubelet = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut tls = acceptor.accept(tcp).await.expect("TLS handshake with the API server");
+        let user = dari_pki::peer_identity(tls.get_ref().1).expect("identity").expect("the API server presents a client certificate");
         let mut buf = vec![0u8; 4096];
-        let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await.expect("read");
+        let n = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await.expect("read");
         let req = String::from_utf8_lossy(&buf[..n]).into_owned();
         let body = "hello from the container\n";
         let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-        tokio::io::AsyncWriteExt::write_all(&mut tcp, resp.as_bytes()).await.expect("write");
-        tokio::io::AsyncWriteExt::shutdown(&mut tcp).await.ok();
-        req
+        tokio::io::AsyncWriteExt::write_all(&mut tls, resp.as_bytes()).await.expect("write");
+        tokio::io::AsyncWriteExt::shutdown(&mut tls).await.ok();
+        (user, req)
     });
     let patch = format!(r#"{{"status":{{"daemonEndpoints":{{"kubeletEndpoint":{{"Port":{port}}}}}}}}}"#);
     c.ok(&["patch", "node", "myk8s-worker", "--subresource=status", "--type=merge", "-p", &patch]).await;
     let logs = c.ok(&["logs", "p", "--tail=5"]).await;
     assert_eq!(logs, "hello from the container\n");
-    let req = kubelet.await.expect("kubelet");
+    let (user, req) = kubelet.await.expect("kubelet");
+    assert_eq!(user.name, dari_apiserver::nodeproxy::KUBELET_CLIENT_USER);
+    assert!(user.groups.iter().any(|g| g == "system:masters"), "{user:?}");
     assert!(req.starts_with("GET /containerLogs/default/p/p?tailLines=5 "), "{req}");
 }
 
@@ -367,9 +379,8 @@ fn curl_get(c: &common::Cluster, path: &str, max_time: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_bookmarks_initial_events_and_410() {
-    let c = common::start().await;
+async fn watch_bookmarks_initial_events_and_410(backend: Backend) {
+    let c = common::start_on(backend).await;
     c.ok(&["create", "configmap", "a", "--from-literal=x=1"]).await;
     // sendInitialEvents: the state, then a bookmark marking its end; periodic bookmarks follow (1 s here)
     let path = "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=3";
@@ -393,3 +404,33 @@ async fn watch_bookmarks_initial_events_and_410() {
     let out = tokio::task::block_in_place(|| curl_get(&c, "/api/v1/namespaces/default/configmaps?limit=1&resourceVersion=2&resourceVersionMatch=Exact", "5"));
     assert_eq!(json(&out)["code"], 410, "{out}");
 }
+
+// Every test above runs against both datastores: the embedded SQLite and a real etcd (Debian's
+// etcd-server, started on loopback by the test).
+macro_rules! on_both_datastores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod etcd {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Etcd).await })*
+        }
+    };
+}
+
+on_both_datastores!(
+    health_version_and_discovery,
+    anonymous_is_401_but_health_is_open,
+    kubernetes_service_and_clusterip_scenario,
+    explain_uses_openapi,
+    all_seed_scenarios_apply_unchanged,
+    bad_input_gets_status_errors,
+    patches_edit_dry_run_and_server_side_apply,
+    watch_streams_changes,
+    namespace_deletion_empties_and_refuses_new_content,
+    list_paging_and_selectors,
+    nodes_wide_and_describe,
+    watch_bookmarks_initial_events_and_410,
+);

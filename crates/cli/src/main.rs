@@ -40,6 +40,8 @@ struct AgentCmd {
     /// Do not run the ingress proxy (ports 80/443 on the node address).
     #[arg(long)]
     no_ingress: bool,
+    #[command(flatten)]
+    net: dari_net::NetArgs,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +54,23 @@ enum ImageCmd {
         /// Image tarballs.
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Write etcd member certificates and the API server's etcd client certificate, signed by the
+    /// cluster CA, for an etcd run with `--client-cert-auth` (the hard-way write-up's etcd TLS).
+    Etcd {
+        /// The server's data dir (its CA lives in DIR/pki).
+        #[arg(long, default_value = "/var/lib/dari")]
+        data_dir: std::path::PathBuf,
+        /// Where to write ca.crt, NAME.crt/.key per member, apiserver-etcd-client.crt/.key.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// An etcd member and the addresses it is reached at: NAME=IP[,IP|DNS...] (repeatable).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
     },
 }
 
@@ -69,6 +88,11 @@ enum Cmd {
     Image {
         #[command(subcommand)]
         cmd: ImageCmd,
+    },
+    /// Certificates from the cluster CA for components dari does not run itself (etcd).
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
     },
     /// A multi-node cluster in network namespaces on this machine: up, down, status, exec.
     Lab(dari_lab::LabArgs),
@@ -104,21 +128,37 @@ fn main() -> anyhow::Result<()> {
                 // the controller-manager's and scheduler's jobs, in-process, through the API like any client
                 let client = dari_agent::client(&server.admin_kubeconfig, None).await?;
                 let ccfg = dari_controllers::ControllersConfig { cluster_cidr, ..Default::default() };
+                let scfg = dari_scheduler::SchedulerConfig::default();
+                let leases = [("kube-controller-manager", ccfg.identity.clone()), ("kube-scheduler", scfg.identity.clone())];
                 let c2 = client.clone();
                 tokio::spawn(async move {
                     if let Err(e) = dari_controllers::run(c2, ccfg).await {
                         tracing::error!(error = %e, "controllers stopped");
                     }
                 });
+                let c3 = client.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = dari_scheduler::run(client, dari_scheduler::SchedulerConfig::default()).await {
+                    if let Err(e) = dari_scheduler::run(c3, scfg).await {
                         tracing::error!(error = %e, "scheduler stopped");
                     }
                 });
                 eprintln!("dari server listening on https://{}", server.addr);
                 eprintln!("export KUBECONFIG={}", server.admin_kubeconfig.display());
-                server.wait().await;
-                Ok(())
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                // the server keeps serving until the Leases are released below
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                // graceful stop: give the Leases up so another server takes over at once
+                for (name, identity) in leases {
+                    match dari_controllers::leader::release(client.clone(), "kube-system", name, &identity).await {
+                        Ok(true) => eprintln!("released the {name} lease"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(lease = name, error = %e, "could not release the lease"),
+                    }
+                }
+                std::process::exit(0)
             }
             Cmd::Image { cmd: ImageCmd::Import { data_dir, files } } => {
                 let socket = dari_agent::containerd_socket(&data_dir);
@@ -130,13 +170,29 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Cmd::Certs { cmd: CertsCmd::Etcd { data_dir, out, members } } => {
+                let opts = dari_pki::PkiOptions { sans: vec![], service_ip: std::net::IpAddr::from([10, 96, 0, 1]), hostname: String::new() };
+                let pki = dari_pki::Pki::load_or_create(&data_dir, &opts)?;
+                let mut parsed = Vec::new();
+                for m in &members {
+                    let (name, addrs) = m.split_once('=').ok_or_else(|| anyhow::anyhow!("--member {m:?}: expected NAME=IP[,IP...]"))?;
+                    parsed.push((name, addrs.split(',').filter(|a| !a.is_empty()).collect::<Vec<_>>()));
+                }
+                let paths = pki.write_etcd_certs(&out, &parsed)?;
+                println!("etcd --trusted-ca-file {0} --peer-trusted-ca-file {0} --client-cert-auth --peer-client-cert-auth", paths.ca.display());
+                for (name, (crt, key)) in parsed.iter().map(|(n, _)| n).zip(&paths.members) {
+                    println!("  {name}: --cert-file {0} --key-file {1} --peer-cert-file {0} --peer-key-file {1}", crt.display(), key.display());
+                }
+                println!("dari server --datastore etcd --etcd-cafile {} --etcd-certfile {} --etcd-keyfile {}", paths.ca.display(), paths.client_cert.display(), paths.client_key.display());
+                Ok(())
+            }
             Cmd::Lab(args) => {
                 let code = dari_lab::run(args).await?;
                 std::process::exit(code);
             }
             Cmd::Applet { .. } => Ok(()),
             Cmd::Agent(a) => {
-                let cfg = dari_agent::AgentConfig::from_args(a.agent)?;
+                let cfg = dari_agent::AgentConfig::from_args(a.agent).await?;
                 let proxy = (!a.no_proxy).then(|| dari_proxy::ProxyRunConfig {
                     kubeconfig: Some(cfg.kubeconfig.clone()),
                     node_name: cfg.node_name.clone(),
@@ -160,7 +216,8 @@ fn main() -> anyhow::Result<()> {
                         ingress_https: vec![std::net::SocketAddr::new(ip, 443)],
                         ingress_class: a.ingress_class.clone(),
                         no_default_class: false,
-                        publish_address: vec![ip],
+                        // every agent publishes the same list (all nodes' InternalIPs), so status never flaps
+                        publish_address: vec![],
                         trust_forwarded_headers: false,
                         min_sync_period_ms: 100,
                     });
@@ -174,16 +231,11 @@ fn main() -> anyhow::Result<()> {
                 if let ipnet::IpNet::V4(v4) = a.cluster_cidr {
                     dari_net::apply_egress_masquerade(v4)?;
                 }
-                // routes to the other nodes' podCIDRs (host-gw backend)
+                // routes to the other nodes' podCIDRs (host-gw or vxlan backend, --backend)
                 {
                     let client = dari_agent::client(&cfg.kubeconfig, cfg.server.as_deref()).await?;
-                    let routes: std::sync::Arc<dyn dari_net::Routes> = std::sync::Arc::new(dari_net::NetlinkRoutes::new()?);
-                    let me = cfg.node_name.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = dari_net::run_host_gw(client, me, routes).await {
-                            tracing::error!(error = %e, "node routes stopped");
-                        }
-                    });
+                    let node = dari_net::NodeIdentity { name: cfg.node_name.clone(), ip: cfg.node_ip, pod_mtu: cfg.mtu };
+                    dari_net::start(client, a.net, node).await?;
                 }
                 dari_agent::run(cfg).await?;
                 Ok(())

@@ -2,7 +2,8 @@
 //! and manual testing with dig.
 //!
 //! `cargo run --release -p dari-dns --example serve -- OBJECTS.json [DNS_ADDR] [HTTP_ADDR] [UPSTREAM]`
-//! OBJECTS.json: a JSON array (or a `{"items": [...]}` list) of Services, EndpointSlices and Pods.
+//! OBJECTS.json: a JSON array of Services, EndpointSlices and Pods. Like the controller, it keeps only
+//! their summaries and the index, so the RSS it prints is the server's steady state.
 
 use std::net::SocketAddr;
 
@@ -11,8 +12,46 @@ use dari_dns::config::DnsConfig;
 use dari_dns::http::HttpServer;
 use dari_dns::server::{DnsServer, DnsState};
 use dari_dns::ClusterIndex;
+use dari_dns::index::{PodInfo, ServiceInfo, SliceInfo};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The summaries read from the objects file (kept for the process's life, as the controller keeps them).
+#[derive(Default)]
+struct Infos {
+    services: Vec<ServiceInfo>,
+    slices: Vec<SliceInfo>,
+    pods: Vec<PodInfo>,
+    error: Option<String>,
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Infos {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array of Services, EndpointSlices and Pods")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+            let kind = item["kind"].as_str().map(str::to_string);
+            let res = match kind.as_deref() {
+                Some("Service") => serde_json::from_value::<Service>(item)
+                    .map(|s| self.services.extend(ServiceInfo::from_service(&s))),
+                Some("EndpointSlice") => serde_json::from_value::<EndpointSlice>(item)
+                    .map(|s| self.slices.extend(SliceInfo::from_slice(&s))),
+                Some("Pod") => serde_json::from_value::<Pod>(item).map(|p| self.pods.extend(PodInfo::from_pod(&p))),
+                other => {
+                    self.error = Some(format!("unexpected kind {other:?}"));
+                    return Ok(());
+                }
+            };
+            if let Err(e) = res {
+                self.error = Some(e.to_string());
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -35,29 +74,16 @@ async fn main() -> Result<()> {
     let http_addr: SocketAddr = args.get(3).map_or("127.0.0.1:0", String::as_str).parse()?;
     let upstreams: Vec<SocketAddr> = args.get(4).map(|u| u.parse()).transpose()?.into_iter().collect();
     let rss_start = rss_kib();
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    let items = match v {
-        serde_json::Value::Array(a) => a,
-        serde_json::Value::Object(mut o) => match o.remove("items") {
-            Some(serde_json::Value::Array(a)) => a,
-            _ => bail!("{path}: no items"),
-        },
-        _ => bail!("{path}: not a list"),
-    };
-    let (mut svcs, mut slices, mut pods) = (Vec::<Service>::new(), Vec::<EndpointSlice>::new(), Vec::<Pod>::new());
-    for item in items {
-        match item["kind"].as_str() {
-            Some("Service") => svcs.push(serde_json::from_value(item)?),
-            Some("EndpointSlice") => slices.push(serde_json::from_value(item)?),
-            Some("Pod") => pods.push(serde_json::from_value(item)?),
-            other => bail!("unexpected kind {other:?}"),
-        }
+    let file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    // one object at a time, summarized as it is read: what the controller keeps, not the objects
+    let mut infos = Infos::default();
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(file));
+    serde::Deserializer::deserialize_seq(&mut de, &mut infos).with_context(|| format!("reading {path}"))?;
+    if let Some(e) = infos.error.take() {
+        bail!("{path}: {e}");
     }
-    let index = ClusterIndex::build(&svcs, &slices, &pods);
+    let index = ClusterIndex::from_info(&infos.services, &infos.slices, &infos.pods);
     let (ns, ne) = (index.service_count(), index.endpoint_count());
-    // what a long-running server keeps: the index, not the parsed objects
-    drop((svcs, slices, pods, text));
     let state = DnsState::new(&DnsConfig::default(), upstreams)?;
     state.set_index(index);
     state.set_synced(true);
@@ -70,6 +96,7 @@ async fn main() -> Result<()> {
         rss_kib(),
         rss_start
     );
+    let _keep = &infos;
     tokio::select! {
         r = dns.run() => r?,
         r = http.run() => r?,

@@ -198,10 +198,7 @@ fn zone_node(rel: &[&str], index: &ClusterIndex, cfg: &AnswerConfig) -> Option<N
                     if eps.is_empty() {
                         return None;
                     }
-                    let mut ips: Vec<IpAddr> = eps.iter().map(|e| e.ip).collect();
-                    ips.sort();
-                    ips.dedup();
-                    node.records.extend(ips.into_iter().map(addr_rdata));
+                    node.records.extend(service.headless_addresses().iter().map(|ip| addr_rdata(*ip)));
                     let all: Vec<(&EndpointRecord, &NamedPort)> =
                         eps.iter().flat_map(|e| e.ports.iter().map(move |p| (e, p))).collect();
                     headless_srv(&mut node, &all, ns, svc, cfg);
@@ -216,7 +213,7 @@ fn zone_node(rel: &[&str], index: &ClusterIndex, cfg: &AnswerConfig) -> Option<N
                 let has = match &service.kind {
                     ServiceKind::ClusterIp(_) => service.ports.iter().any(|p| p.protocol == proto),
                     ServiceKind::Headless(eps) => {
-                        eps.iter().flat_map(|e| &e.ports).any(|p| p.protocol == proto)
+                        eps.iter().flat_map(|e| e.ports.iter()).any(|p| p.protocol == proto)
                     }
                     ServiceKind::ExternalName(_) => false,
                 };
@@ -226,7 +223,7 @@ fn zone_node(rel: &[&str], index: &ClusterIndex, cfg: &AnswerConfig) -> Option<N
                 return None;
             };
             let mut node = Node::empty();
-            for ep in eps.iter().filter(|e| e.label == *label) {
+            for ep in eps.iter().filter(|e| &*e.label == *label) {
                 let r = addr_rdata(ep.ip);
                 if !node.records.contains(&r) {
                     node.records.push(r);
@@ -238,7 +235,7 @@ fn zone_node(rel: &[&str], index: &ClusterIndex, cfg: &AnswerConfig) -> Option<N
             let service = index.service(ns, svc)?;
             let proto = proto_label.strip_prefix('_')?;
             let port_name = port_label.strip_prefix('_')?;
-            let matches = |p: &NamedPort| p.protocol == proto && p.name == port_name;
+            let matches = |p: &NamedPort| p.protocol == proto && &*p.name == port_name;
             let mut node = Node::empty();
             match &service.kind {
                 ServiceKind::ClusterIp(ips) => {
@@ -286,7 +283,7 @@ fn zone_node(rel: &[&str], index: &ClusterIndex, cfg: &AnswerConfig) -> Option<N
 
 fn headless_srv(node: &mut Node, all: &[(&EndpointRecord, &NamedPort)], ns: &str, svc: &str, cfg: &AnswerConfig) {
     // one SRV per (endpoint name, port); an endpoint name with two addresses (dual stack) is one target
-    let mut seen: Vec<(String, u16)> = Vec::new();
+    let mut seen: Vec<(std::sync::Arc<str>, u16)> = Vec::new();
     for (ep, p) in all {
         if !seen.iter().any(|(l, port)| *l == ep.label && *port == p.port) {
             seen.push((ep.label.clone(), p.port));

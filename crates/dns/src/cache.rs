@@ -10,22 +10,33 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use hickory_proto::rr::{DNSClass, RData, RecordType};
 
 /// A cache key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    name: Name,
+    /// The name, lower case, in text form (compact: a `Name` is ten times larger).
+    name: Box<str>,
     rtype: RecordType,
     class: DNSClass,
     dnssec_ok: bool,
 }
 
 impl CacheKey {
+    /// A key from its parts: `name` lower case, in `Name::to_ascii` form (with the trailing dot).
+    pub fn from_parts(name: String, rtype: RecordType, class: DNSClass, dnssec_ok: bool) -> Self {
+        CacheKey {
+            name: name.into_boxed_str(),
+            rtype,
+            class,
+            dnssec_ok,
+        }
+    }
+
     /// The key of a question.
     pub fn new(q: &Query, dnssec_ok: bool) -> Self {
         CacheKey {
-            name: q.name.to_lowercase(),
+            name: q.name.to_lowercase().to_ascii().into_boxed_str(),
             rtype: q.query_type,
             class: q.query_class,
             dnssec_ok,
@@ -35,7 +46,9 @@ impl CacheKey {
 
 #[derive(Debug)]
 struct Entry {
-    msg: Message,
+    /// The response in wire format, without EDNS: a few dozen bytes where a parsed `Message` takes
+    /// kilobytes.
+    wire: Box<[u8]>,
     stored: Instant,
     ttl: Duration,
 }
@@ -69,6 +82,39 @@ pub fn cache_ttl(msg: &Message, max_ttl: u32) -> u32 {
     ttl.min(max_ttl)
 }
 
+/// Skips a (possibly compressed) name at `at`; the offset after it.
+fn skip_name(w: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *w.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            l if l & 0xc0 == 0xc0 => return Some(at + 2),
+            l if l < 64 => at += 1 + usize::from(l),
+            _ => return None,
+        }
+    }
+}
+
+/// Decreases every record TTL of a wire message by `age` seconds.
+fn age_ttls(w: &mut [u8], age: u32) -> Option<()> {
+    fn count(w: &[u8], i: usize) -> Option<usize> {
+        Some(usize::from(u16::from_be_bytes([*w.get(i)?, *w.get(i + 1)?])))
+    }
+    let (qd, records) = (count(w, 4)?, count(w, 6)? + count(w, 8)? + count(w, 10)?);
+    let mut at = 12;
+    for _ in 0..qd {
+        at = skip_name(w, at)? + 4;
+    }
+    for _ in 0..records {
+        at = skip_name(w, at)?;
+        let ttl_at = at + 4;
+        let ttl = u32::from_be_bytes(w.get(ttl_at..ttl_at + 4)?.try_into().ok()?);
+        w.get_mut(ttl_at..ttl_at + 4)?.copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+        at = ttl_at + 6 + count(w, ttl_at + 4)?;
+    }
+    (at == w.len()).then_some(())
+}
+
 impl Cache {
     /// A cache holding at most `capacity` entries for at most `max_ttl` seconds each.
     pub fn new(capacity: usize, max_ttl: u32) -> Self {
@@ -93,11 +139,39 @@ impl Cache {
             return None;
         }
         let age_secs = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-        let mut msg = entry.msg.clone();
+        let Ok(mut msg) = Message::from_vec(&entry.wire) else {
+            map.remove(key);
+            return None;
+        };
         for r in msg.answers.iter_mut().chain(msg.authorities.iter_mut()).chain(msg.additionals.iter_mut()) {
             r.ttl = r.ttl.saturating_sub(age_secs);
         }
         Some(msg)
+    }
+
+    /// The cached upstream response for `key` at `now` in wire form, appended to `out`, its TTLs
+    /// decreased by its age; `None` when absent, expired or unreadable.
+    pub fn get_wire(&self, key: &CacheKey, now: Instant, out: &mut Vec<u8>) -> Option<()> {
+        let start = out.len();
+        {
+            let map = self.lock();
+            let entry = map.get(key)?;
+            let age = now.saturating_duration_since(entry.stored);
+            if age >= entry.ttl {
+                return None;
+            }
+            out.extend_from_slice(&entry.wire);
+            let age_secs = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+            if age_secs == 0 {
+                return Some(());
+            }
+            drop(map);
+            let ok = age_ttls(&mut out[start..], age_secs);
+            if ok.is_none() {
+                out.truncate(start);
+            }
+            ok
+        }
     }
 
     /// Stores an upstream response (when cacheable). Returns whether it was stored.
@@ -109,6 +183,12 @@ impl Cache {
         if ttl == 0 {
             return false;
         }
+        let mut stored = msg.clone();
+        stored.edns = None;
+        stored.signature = None;
+        let Ok(wire) = stored.to_vec() else {
+            return false;
+        };
         let mut map = self.lock();
         if map.len() >= self.capacity && !map.contains_key(&key) {
             map.retain(|_, e| now.saturating_duration_since(e.stored) < e.ttl);
@@ -121,13 +201,10 @@ impl Cache {
                 }
             }
         }
-        let mut stored = msg.clone();
-        stored.edns = None;
-        stored.signature = None;
         map.insert(
             key,
             Entry {
-                msg: stored,
+                wire: wire.into_boxed_slice(),
                 stored: now,
                 ttl: Duration::from_secs(u64::from(ttl)),
             },
@@ -162,7 +239,7 @@ mod tests {
     use super::*;
     use hickory_proto::op::{MessageType, OpCode};
     use hickory_proto::rr::rdata::{A, SOA};
-    use hickory_proto::rr::Record;
+    use hickory_proto::rr::{Name, Record};
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()

@@ -1,14 +1,15 @@
-//! The controller edge: watches Services, EndpointSlices (and Pods in `verified` mode) through
-//! `kube::runtime` reflectors, rebuilds the [`ClusterIndex`] on change, reloads the config from the
+//! The controller edge: watches Services, EndpointSlices (and Pods in `verified` mode) with
+//! `kube::runtime` watchers, keeps only their summaries ([`ServiceInfo`] ...), rebuilds the [`ClusterIndex`] on change, reloads the config from the
 //! ConfigMap `kube-system/<name>` (key `config.yaml`), and runs the DNS and HTTP listeners.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -18,7 +19,7 @@ use tracing::{info, warn};
 use crate::config::{DnsConfig, DnsRunConfig, PodsMode};
 use crate::error::DnsError;
 use crate::http::HttpServer;
-use crate::index::ClusterIndex;
+use crate::index::{ClusterIndex, PodInfo, ServiceInfo, SliceInfo};
 use crate::server::{DnsServer, DnsState};
 
 /// Key of the config document in the ConfigMap.
@@ -91,17 +92,87 @@ fn upstreams_or_warn(cfg: &DnsConfig) -> Vec<std::net::SocketAddr> {
     }
 }
 
-async fn drive<K, S>(stream: S, kind: &'static str, notify: Arc<Notify>) -> Result<(), DnsError>
+/// Object summaries by `namespace/name`, kept from a watch: the controller holds these, never whole
+/// objects, so its memory grows with what DNS answers, not with object size.
+struct Summaries<T> {
+    current: HashMap<String, T>,
+    /// A relist in progress (between `Init` and `InitDone`).
+    pending: Option<HashMap<String, T>>,
+    synced: bool,
+}
+
+impl<T> Default for Summaries<T> {
+    fn default() -> Self {
+        Summaries {
+            current: HashMap::new(),
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+type Shared<T> = Arc<Mutex<Summaries<T>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn key(meta: &ObjectMeta) -> String {
+    format!("{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+}
+
+/// Applies a watch stream to `store`, turning each object into its summary as it arrives.
+async fn drive<K, T, S>(
+    stream: S,
+    kind: &'static str,
+    store: Shared<T>,
+    summarize: fn(&K) -> Option<T>,
+    notify: Arc<Notify>,
+) -> Result<(), DnsError>
 where
+    K: kube::Resource,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
 {
     let mut stream = std::pin::pin!(stream);
     while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(_) => notify.notify_one(),
+        let ev = match ev {
+            Ok(ev) => ev,
             // the backoff retries; the error is worth a line
-            Err(e) => warn!(kind, error = %e, "watch error, retrying"),
+            Err(e) => {
+                warn!(kind, error = %e, "watch error, retrying");
+                continue;
+            }
+        };
+        let mut s = lock(&store);
+        match ev {
+            Event::Init => s.pending = Some(HashMap::new()),
+            Event::InitApply(obj) => {
+                let k = key(obj.meta());
+                if let (Some(p), Some(v)) = (s.pending.as_mut(), summarize(&obj)) {
+                    p.insert(k, v);
+                }
+                continue;
+            }
+            Event::InitDone => {
+                if let Some(p) = s.pending.take() {
+                    s.current = p;
+                }
+                s.current.shrink_to_fit();
+                s.synced = true;
+            }
+            Event::Apply(obj) => {
+                let k = key(obj.meta());
+                match summarize(&obj) {
+                    Some(v) => s.current.insert(k, v),
+                    None => s.current.remove(&k),
+                };
+            }
+            Event::Delete(obj) => {
+                s.current.remove(&key(obj.meta()));
+            }
         }
+        drop(s);
+        notify.notify_one();
     }
     Err(DnsError::TaskEnded { task: kind })
 }
@@ -109,52 +180,52 @@ where
 /// Watches the objects and keeps `state`'s index current.
 pub async fn watch_objects(client: Client, state: Arc<DnsState>, pods: bool) -> Result<(), DnsError> {
     let notify = Arc::new(Notify::new());
-    let (svc_store, svc_w) = reflector::store::<Service>();
-    let (eps_store, eps_w) = reflector::store::<EndpointSlice>();
-    let (pod_store, pod_w) = reflector::store::<Pod>();
+    let svc_store: Shared<ServiceInfo> = Arc::default();
+    let eps_store: Shared<SliceInfo> = Arc::default();
+    let pod_store: Shared<PodInfo> = Arc::default();
     let wc = watcher::Config::default();
-    let svc = reflector::reflector(svc_w, watcher::watcher(Api::<Service>::all(client.clone()), wc.clone()))
-        .default_backoff();
-    let eps = reflector::reflector(eps_w, watcher::watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone()))
-        .default_backoff();
+    let svc = watcher::watcher(Api::<Service>::all(client.clone()), wc.clone()).default_backoff();
+    let eps = watcher::watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone()).default_backoff();
     let pod_watch = async {
         if pods {
-            let s = reflector::reflector(pod_w, watcher::watcher(Api::<Pod>::all(client.clone()), wc.clone()))
-                .default_backoff();
-            drive(s, "pods", notify.clone()).await
+            let s = watcher::watcher(Api::<Pod>::all(client.clone()), wc.clone()).default_backoff();
+            drive(s, "pods", pod_store.clone(), PodInfo::from_pod, notify.clone()).await
         } else {
-            drop(pod_w);
             std::future::pending().await
         }
     };
     tokio::select! {
-        r = drive(svc, "services", notify.clone()) => r,
-        r = drive(eps, "endpointslices", notify.clone()) => r,
+        r = drive(svc, "services", svc_store.clone(), ServiceInfo::from_service, notify.clone()) => r,
+        r = drive(eps, "endpointslices", eps_store.clone(), SliceInfo::from_slice, notify.clone()) => r,
         r = pod_watch => r,
-        r = rebuild_loop(svc_store, eps_store, pods.then_some(pod_store), state, notify.clone()) => r,
+        r = rebuild_loop(svc_store.clone(), eps_store.clone(), pods.then_some(pod_store.clone()), state, notify.clone()) => r,
     }
 }
 
 async fn rebuild_loop(
-    svcs: Store<Service>,
-    eps: Store<EndpointSlice>,
-    pods: Option<Store<Pod>>,
+    svcs: Shared<ServiceInfo>,
+    eps: Shared<SliceInfo>,
+    pods: Option<Shared<PodInfo>>,
     state: Arc<DnsState>,
     notify: Arc<Notify>,
 ) -> Result<(), DnsError> {
-    let ended = |task| move |_| DnsError::TaskEnded { task };
-    svcs.wait_until_ready().await.map_err(ended("services store"))?;
-    eps.wait_until_ready().await.map_err(ended("endpointslices store"))?;
-    if let Some(p) = &pods {
-        p.wait_until_ready().await.map_err(ended("pods store"))?;
+    // the first index is built once every watch has listed
+    loop {
+        let synced = lock(&svcs).synced && lock(&eps).synced && pods.as_ref().is_none_or(|p| lock(p).synced);
+        if synced {
+            break;
+        }
+        notify.notified().await;
     }
     let mut serial: u32 = 0;
     loop {
-        let (s, e) = (svcs.state(), eps.state());
-        let p = pods.as_ref().map(Store::state).unwrap_or_default();
         serial = serial.wrapping_add(1);
-        let index = ClusterIndex::build(s.iter().map(|x| x.as_ref()), e.iter().map(|x| x.as_ref()), p.iter().map(|x| x.as_ref()))
-            .with_serial(serial);
+        let index = {
+            let (s, e) = (lock(&svcs), lock(&eps));
+            let p = pods.as_ref().map(|p| lock(p));
+            ClusterIndex::from_info(s.current.values(), e.current.values(), p.iter().flat_map(|p| p.current.values()))
+                .with_serial(serial)
+        };
         tracing::debug!(services = index.service_count(), endpoints = index.endpoint_count(), serial, "DNS index rebuilt");
         state.set_index(index);
         state.set_synced(true);

@@ -16,6 +16,9 @@ use crate::answer::response_to;
 use crate::config::AnswerConfig;
 use crate::metrics::Metrics;
 
+/// Receive buffer of an upstream UDP exchange.
+const UDP_ANSWER_MAX: usize = 4096;
+
 /// Consecutive failures after which an upstream is tried last.
 pub const UNHEALTHY_AFTER: u32 = 3;
 
@@ -174,9 +177,14 @@ async fn udp_exchange(addr: SocketAddr, bytes: &[u8], out: &Message) -> Result<M
     let sock = UdpSocket::bind(bind).await.map_err(|e| format!("udp bind: {e}"))?;
     sock.connect(addr).await.map_err(|e| format!("udp connect: {e}"))?;
     sock.send(bytes).await.map_err(|e| format!("udp send: {e}"))?;
-    let mut buf = vec![0u8; 65_535];
+    // We advertise 1232 bytes upstream; a per-query 64 KiB buffer would cost megabytes of heap when
+    // hundreds of forwards are in flight. Anything filling this buffer broke the advertised size.
+    let mut buf = vec![0u8; UDP_ANSWER_MAX];
     loop {
         let n = sock.recv(&mut buf).await.map_err(|e| format!("udp recv: {e}"))?;
+        if n >= buf.len() {
+            return Err(format!("udp answer over {UDP_ANSWER_MAX} bytes (asked for at most 1232)"));
+        }
         // ignore what does not match (spoofing attempts, late answers)
         if let Ok(resp) = Message::from_vec(&buf[..n]) {
             if matches(out, &resp) {

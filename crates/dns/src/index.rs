@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -11,12 +12,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// A named Service or endpoint port (the spec's SRV records exist only for named ports).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NamedPort {
-    /// Port name, lower case.
-    pub name: String,
+    /// Port name, lower case (shared between the records that use it).
+    pub name: Arc<str>,
     /// `tcp`, `udp` or `sctp`.
-    pub protocol: String,
+    pub protocol: &'static str,
     /// Port number (for headless Services, the endpoint's port).
     pub port: u16,
 }
@@ -26,11 +27,11 @@ pub struct NamedPort {
 pub struct EndpointRecord {
     /// The first label of its name: the endpoint's hostname, or its address with `.`/`:` turned into
     /// `-` when it has none (what CoreDNS does).
-    pub label: String,
+    pub label: Arc<str>,
     /// Its address.
     pub ip: IpAddr,
-    /// Named ports of the EndpointSlice it came from.
-    pub ports: Vec<NamedPort>,
+    /// Named ports of the EndpointSlice it came from (shared by the endpoints of that slice).
+    pub ports: Arc<[NamedPort]>,
 }
 
 /// What a Service answers with.
@@ -51,25 +52,247 @@ pub struct ServiceRecord {
     pub kind: ServiceKind,
     /// Its named ports (ClusterIP form of SRV).
     pub ports: Vec<NamedPort>,
+    /// Headless only: the endpoints' addresses, sorted and unique (the order answers list them in).
+    headless_addresses: Vec<IpAddr>,
+}
+
+impl ServiceRecord {
+    /// A record for `kind` with `ports`.
+    pub fn new(kind: ServiceKind, ports: Vec<NamedPort>) -> Self {
+        let mut headless_addresses: Vec<IpAddr> = match &kind {
+            ServiceKind::Headless(eps) => eps.iter().map(|e| e.ip).collect(),
+            _ => Vec::new(),
+        };
+        headless_addresses.sort();
+        headless_addresses.dedup();
+        headless_addresses.shrink_to_fit();
+        ServiceRecord {
+            kind,
+            ports,
+            headless_addresses,
+        }
+    }
+
+    /// Headless Services: the endpoints' addresses, sorted and unique; empty otherwise.
+    pub fn headless_addresses(&self) -> &[IpAddr] {
+        &self.headless_addresses
+    }
 }
 
 /// Where a reverse (PTR) lookup points, relative to the zone.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PtrTarget {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Service name.
-    pub service: String,
+    pub service: Arc<str>,
     /// Endpoint label, for headless endpoints.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Arc<str>>,
 }
+
+/// What the index needs of a Service: the controller keeps these instead of whole objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Namespace, lower case.
+    pub namespace: String,
+    /// Name, lower case.
+    pub name: String,
+    /// ClusterIP addresses, headless (with `publishNotReadyAddresses`), or ExternalName target.
+    pub kind: ServiceInfoKind,
+    /// Named ports.
+    pub ports: Vec<NamedPort>,
+}
+
+/// The answering kind of a [`ServiceInfo`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceInfoKind {
+    /// Cluster IPs, sorted and unique.
+    ClusterIp(Vec<IpAddr>),
+    /// Headless; `true` when not-ready endpoints are published.
+    Headless(bool),
+    /// ExternalName target, lower case, no trailing dot.
+    ExternalName(String),
+}
+
+/// What the index needs of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceInfo {
+    /// Namespace, as in the object.
+    pub namespace: String,
+    /// The Service it belongs to (its [`SERVICE_NAME_LABEL`]), as in the object.
+    pub service: String,
+    /// Named ports.
+    pub ports: Vec<NamedPort>,
+    /// Endpoints: addresses, hostname (lower case), ready.
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// One endpoint of a [`SliceInfo`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Parsed addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Hostname, lower case.
+    pub hostname: Option<String>,
+    /// Ready (a missing condition counts as ready).
+    pub ready: bool,
+}
+
+/// What the index needs of a Pod (verified pod mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Namespace, lower case.
+    pub namespace: String,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+fn protocol(p: Option<&str>) -> Option<&'static str> {
+    match p.unwrap_or("TCP") {
+        "TCP" | "tcp" => Some("tcp"),
+        "UDP" | "udp" => Some("udp"),
+        "SCTP" | "sctp" => Some("sctp"),
+        _ => None,
+    }
+}
+
+fn named_port(name: Option<&str>, proto: Option<&str>, port: Option<i32>) -> Option<NamedPort> {
+    Some(NamedPort {
+        name: Arc::from(name.filter(|n| !n.is_empty())?.to_ascii_lowercase()),
+        protocol: protocol(proto)?,
+        port: port_u16(port?)?,
+    })
+}
+
+impl ServiceInfo {
+    /// The summary of `svc`; `None` when it has no namespace, name or spec, or is an ExternalName
+    /// without a target.
+    pub fn from_service(svc: &Service) -> Option<Self> {
+        let ns = svc.metadata.namespace.as_deref()?.to_ascii_lowercase();
+        let name = svc.metadata.name.as_deref()?.to_ascii_lowercase();
+        let spec = svc.spec.as_ref()?;
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| named_port(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
+            .collect();
+        let kind = if spec.type_.as_deref() == Some("ExternalName") {
+            let target = spec.external_name.as_deref().unwrap_or("").trim_end_matches('.');
+            if target.is_empty() {
+                return None;
+            }
+            ServiceInfoKind::ExternalName(target.to_ascii_lowercase())
+        } else if spec.cluster_ip.as_deref() == Some("None") {
+            ServiceInfoKind::Headless(spec.publish_not_ready_addresses.unwrap_or(false))
+        } else {
+            let mut ips: Vec<IpAddr> = spec
+                .cluster_ips
+                .iter()
+                .flatten()
+                .chain(spec.cluster_ip.iter())
+                .filter_map(|s| parse_ip(s))
+                .collect();
+            ips.sort();
+            ips.dedup();
+            ServiceInfoKind::ClusterIp(ips)
+        };
+        Some(ServiceInfo {
+            namespace: ns,
+            name,
+            kind,
+            ports,
+        })
+    }
+}
+
+impl SliceInfo {
+    /// The summary of `slice`; `None` without a namespace or Service label, or for FQDN slices.
+    pub fn from_slice(slice: &EndpointSlice) -> Option<Self> {
+        let ns = slice.metadata.namespace.as_deref()?;
+        let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            return None;
+        }
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| named_port(p.name.as_deref(), p.protocol.as_deref(), p.port))
+            .collect();
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .map(|ep| EndpointInfo {
+                addresses: ep.addresses.iter().filter_map(|a| parse_ip(a)).collect(),
+                hostname: ep.hostname.as_deref().filter(|h| !h.is_empty()).map(str::to_ascii_lowercase),
+                // A nil ready condition means ready (discovery/v1 API docs).
+                ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            })
+            .collect();
+        Some(SliceInfo {
+            namespace: ns.to_string(),
+            service: svc.clone(),
+            ports,
+            endpoints,
+        })
+    }
+}
+
+impl PodInfo {
+    /// The summary of `pod`; `None` without a namespace or status.
+    pub fn from_pod(pod: &Pod) -> Option<Self> {
+        let ns = pod.metadata.namespace.as_deref()?;
+        let status = pod.status.as_ref()?;
+        let ips = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|p| p.ip.as_str())
+            .chain(status.pod_ip.as_deref())
+            .filter_map(parse_ip)
+            .collect();
+        Some(PodInfo {
+            namespace: ns.to_ascii_lowercase(),
+            ips,
+        })
+    }
+}
+
+/// FxHash (rustc's hasher): the index is keyed by short names and looked up on every query, where
+/// SipHash's DoS resistance buys nothing (keys come from the API server, not from clients).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(K);
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write(&[i]);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 
 /// The cluster's DNS data, immutable once built; rebuild and swap on change.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterIndex {
     /// SOA serial; the controller bumps it on every rebuild.
     pub serial: u32,
-    services: HashMap<String, HashMap<String, ServiceRecord>>,
+    services: HashMap<Arc<str>, HashMap<Arc<str>, ServiceRecord, FxBuild>, FxBuild>,
     ptr: HashMap<IpAddr, Vec<PtrTarget>>,
     pods: HashMap<String, HashSet<IpAddr>>,
 }
@@ -95,66 +318,43 @@ impl ClusterIndex {
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         pods: impl IntoIterator<Item = &'a Pod>,
     ) -> Self {
-        // slices grouped by (namespace, service)
-        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for slice in slices {
-            let (Some(ns), Some(svc)) = (
-                slice.metadata.namespace.as_deref(),
-                slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)),
-            ) else {
-                continue;
-            };
-            by_service.entry((ns, svc.as_str())).or_default().push(slice);
-        }
+        let services: Vec<ServiceInfo> = services.into_iter().filter_map(ServiceInfo::from_service).collect();
+        let slices: Vec<SliceInfo> = slices.into_iter().filter_map(SliceInfo::from_slice).collect();
+        let pods: Vec<PodInfo> = pods.into_iter().filter_map(PodInfo::from_pod).collect();
+        Self::from_info(&services, &slices, &pods)
+    }
 
+    /// Builds the index from object summaries (what the controller keeps).
+    pub fn from_info<'a>(
+        services: impl IntoIterator<Item = &'a ServiceInfo>,
+        slices: impl IntoIterator<Item = &'a SliceInfo>,
+        pods: impl IntoIterator<Item = &'a PodInfo>,
+    ) -> Self {
+        // slices grouped by (namespace, service)
+        let mut by_service: HashMap<(&str, &str), Vec<&SliceInfo>> = HashMap::new();
+        for slice in slices {
+            by_service
+                .entry((slice.namespace.as_str(), slice.service.as_str()))
+                .or_default()
+                .push(slice);
+        }
+        let mut strings = Interner::default();
         let mut index = ClusterIndex {
             serial: 1,
             ..Default::default()
         };
         for svc in services {
-            let (Some(ns), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref())
-            else {
-                continue;
-            };
-            let ns = ns.to_ascii_lowercase();
-            let name = name.to_ascii_lowercase();
-            let Some(spec) = svc.spec.as_ref() else { continue };
-            let ports: Vec<NamedPort> = spec
-                .ports
-                .iter()
-                .flatten()
-                .filter_map(|p| {
-                    Some(NamedPort {
-                        name: p.name.as_deref().filter(|n| !n.is_empty())?.to_ascii_lowercase(),
-                        protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-                        port: port_u16(p.port)?,
-                    })
-                })
-                .collect();
-
-            let kind = if spec.type_.as_deref() == Some("ExternalName") {
-                let target = spec.external_name.as_deref().unwrap_or("").trim_end_matches('.');
-                if target.is_empty() {
-                    continue;
+            let ns = strings.get(&svc.namespace);
+            let name = strings.get(&svc.name);
+            let kind = match &svc.kind {
+                ServiceInfoKind::ExternalName(target) => ServiceKind::ExternalName(target.clone()),
+                ServiceInfoKind::Headless(publish_not_ready) => {
+                    // the summaries are lower case on both sides
+                    let slices = by_service.get(&(svc.namespace.as_str(), svc.name.as_str()));
+                    ServiceKind::Headless(headless_endpoints(slices, *publish_not_ready, &mut strings))
                 }
-                ServiceKind::ExternalName(target.to_ascii_lowercase())
-            } else if spec.cluster_ip.as_deref() == Some("None") {
-                let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-                let slices = by_service.get(&(ns.as_str(), name.as_str()));
-                ServiceKind::Headless(headless_endpoints(slices, publish_not_ready))
-            } else {
-                let mut ips: Vec<IpAddr> = spec
-                    .cluster_ips
-                    .iter()
-                    .flatten()
-                    .chain(spec.cluster_ip.iter())
-                    .filter_map(|s| parse_ip(s))
-                    .collect();
-                ips.sort();
-                ips.dedup();
-                ServiceKind::ClusterIp(ips)
+                ServiceInfoKind::ClusterIp(ips) => ServiceKind::ClusterIp(ips.clone()),
             };
-
             match &kind {
                 ServiceKind::ClusterIp(ips) => {
                     for ip in ips {
@@ -180,25 +380,17 @@ impl ClusterIndex {
                 .services
                 .entry(ns)
                 .or_default()
-                .insert(name, ServiceRecord { kind, ports });
+                .insert(name, ServiceRecord::new(kind, svc.ports.clone()));
         }
         for targets in index.ptr.values_mut() {
             targets.sort();
             targets.dedup();
+            targets.shrink_to_fit();
         }
 
         for pod in pods {
-            let Some(ns) = pod.metadata.namespace.as_deref() else { continue };
-            let Some(status) = pod.status.as_ref() else { continue };
-            let ips = status
-                .pod_ips
-                .iter()
-                .flatten()
-                .map(|p| p.ip.as_str())
-                .chain(status.pod_ip.as_deref())
-                .filter_map(parse_ip);
-            let set = index.pods.entry(ns.to_ascii_lowercase()).or_default();
-            set.extend(ips);
+            let set = index.pods.entry(pod.namespace.clone()).or_default();
+            set.extend(pod.ips.iter().copied());
         }
         index
     }
@@ -252,41 +444,45 @@ impl ClusterIndex {
     }
 }
 
-fn headless_endpoints(slices: Option<&Vec<&EndpointSlice>>, publish_not_ready: bool) -> Vec<EndpointRecord> {
+/// Shares equal strings and port lists while an index is built.
+#[derive(Default)]
+struct Interner {
+    strings: HashSet<Arc<str>>,
+    ports: HashSet<Arc<[NamedPort]>>,
+}
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strings.insert(a.clone());
+        a
+    }
+
+    fn ports(&mut self, p: Vec<NamedPort>) -> Arc<[NamedPort]> {
+        if let Some(a) = self.ports.get(p.as_slice()) {
+            return a.clone();
+        }
+        let a: Arc<[NamedPort]> = Arc::from(p);
+        self.ports.insert(a.clone());
+        a
+    }
+}
+
+fn headless_endpoints(slices: Option<&Vec<&SliceInfo>>, publish_not_ready: bool, strings: &mut Interner) -> Vec<EndpointRecord> {
     // (label, ip) -> ports, deterministic order
     let mut out: BTreeMap<(String, IpAddr), Vec<NamedPort>> = BTreeMap::new();
     for slice in slices.into_iter().flatten() {
-        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
-            continue;
-        }
-        let ports: Vec<NamedPort> = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                Some(NamedPort {
-                    name: p.name.as_deref().filter(|n| !n.is_empty())?.to_ascii_lowercase(),
-                    protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-                    port: port_u16(p.port?)?,
-                })
-            })
-            .collect();
         for ep in &slice.endpoints {
-            // A nil ready condition means ready (discovery/v1 API docs).
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if !ready && !publish_not_ready {
+            if !ep.ready && !publish_not_ready {
                 continue;
             }
-            for addr in &ep.addresses {
-                let Some(ip) = parse_ip(addr) else { continue };
-                let label = ep
-                    .hostname
-                    .as_deref()
-                    .filter(|h| !h.is_empty())
-                    .map(str::to_ascii_lowercase)
-                    .unwrap_or_else(|| dashed(ip));
-                let entry = out.entry((label, ip)).or_default();
-                for p in &ports {
+            for ip in &ep.addresses {
+                let label = ep.hostname.clone().unwrap_or_else(|| dashed(*ip));
+                let entry = out.entry((label, *ip)).or_default();
+                for p in &slice.ports {
                     if !entry.contains(p) {
                         entry.push(p.clone());
                     }
@@ -297,7 +493,11 @@ fn headless_endpoints(slices: Option<&Vec<&EndpointSlice>>, publish_not_ready: b
     out.into_iter()
         .map(|((label, ip), mut ports)| {
             ports.sort();
-            EndpointRecord { label, ip, ports }
+            EndpointRecord {
+                label: strings.get(&label),
+                ip,
+                ports: strings.ports(ports),
+            }
         })
         .collect()
 }

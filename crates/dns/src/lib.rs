@@ -16,6 +16,7 @@ pub mod config;
 pub mod controller;
 pub mod deploy;
 pub mod error;
+pub mod fast;
 pub mod forward;
 pub mod http;
 pub mod index;

@@ -4,7 +4,7 @@
 //! to a spawned task so one slow upstream does not hold up the socket.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,12 @@ use hickory_proto::op::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
-use tracing::{debug, debug_span, Instrument};
+use tracing::{debug, debug_span, trace_span, Instrument};
 
 use crate::cache::{Cache, CacheKey};
 use crate::config::{AnswerConfig, DnsConfig};
 use crate::error::DnsError;
+use crate::fast;
 use crate::forward::{relay, servfail, Forwarder};
 use crate::index::ClusterIndex;
 use crate::metrics::Metrics;
@@ -37,6 +38,36 @@ pub struct DnsState {
     metrics: Metrics,
     synced: AtomicBool,
     serving: AtomicBool,
+    /// Bumped on every index or config swap, so receive loops re-read their [`Snapshot`] only then.
+    generation: AtomicU64,
+}
+
+/// A receive loop's copy of the index and answer config: refreshed when [`DnsState`]'s generation moves,
+/// so the per-query path takes no lock and touches no shared reference count.
+struct Snapshot {
+    generation: u64,
+    index: Arc<ClusterIndex>,
+    cfg: Arc<AnswerConfig>,
+    cache: Arc<Cache>,
+}
+
+impl Snapshot {
+    fn of(state: &DnsState) -> Self {
+        // generation first: a swap racing with this read is seen again on the next packet
+        let generation = state.generation.load(Ordering::Acquire);
+        Snapshot {
+            generation,
+            index: read(&state.index),
+            cfg: read(&state.answer_cfg),
+            cache: read(&state.cache),
+        }
+    }
+
+    fn refresh(&mut self, state: &DnsState) {
+        if state.generation.load(Ordering::Acquire) != self.generation {
+            *self = Snapshot::of(state);
+        }
+    }
 }
 
 fn read<T>(l: &RwLock<Arc<T>>) -> Arc<T> {
@@ -64,6 +95,7 @@ impl DnsState {
             metrics: Metrics::default(),
             synced: AtomicBool::new(false),
             serving: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -72,12 +104,14 @@ impl DnsState {
         write(&self.answer_cfg, AnswerConfig::new(cfg)?);
         self.forwarder.set_upstreams(upstreams);
         write(&self.cache, Cache::new(cfg.cache_size, cfg.cache));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
     /// Swaps in a new index.
     pub fn set_index(&self, index: ClusterIndex) {
         write(&self.index, index);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The current index.
@@ -124,11 +158,28 @@ impl DnsState {
         bytes
     }
 
-    fn fast(&self, buf: &[u8], transport: Transport, start: Instant) -> Step {
+    /// The allocation-free path ([`fast::try_answer`]): `true` when `out` holds the reply.
+    fn fastest(&self, buf: &[u8], transport: Transport, snap: &Snapshot, start: Instant, out: &mut Vec<u8>) -> bool {
+        if fast::try_answer(buf, transport, &snap.index, &snap.cfg, out) {
+            self.metrics.request(transport == Transport::Tcp);
+            self.metrics.response(hickory_proto::op::ResponseCode::NoError, start.elapsed());
+            return true;
+        }
+        if fast::try_cached(buf, transport, &snap.cache, &snap.cfg, start, out) {
+            self.metrics.request(transport == Transport::Tcp);
+            self.metrics.forwarded();
+            self.metrics.cache(true);
+            let rcode = hickory_proto::op::ResponseCode::from(0, out[3] & 0x0f);
+            self.metrics.response(rcode, start.elapsed());
+            return true;
+        }
+        false
+    }
+
+    fn fast(&self, buf: &[u8], transport: Transport, snap: &Snapshot, start: Instant) -> Step {
         self.metrics.request(transport == Transport::Tcp);
-        let index = self.index();
-        let cfg = read(&self.answer_cfg);
-        match handle_packet(buf, transport, &index, &cfg) {
+        let (index, cfg) = (&snap.index, &snap.cfg);
+        match handle_packet(buf, transport, index, cfg) {
             Handled::Drop => Step::Done(self.finish(None, start)),
             Handled::Reply(b) => Step::Done(self.finish(Some(b), start)),
             Handled::Forward(query) => {
@@ -138,10 +189,10 @@ impl DnsState {
                     return Step::Done(self.finish(None, start));
                 };
                 let key = CacheKey::new(q, dnssec_ok);
-                if let Some(hit) = read(&self.cache).get(&key, start) {
+                if let Some(hit) = snap.cache.get(&key, start) {
                     self.metrics.cache(true);
-                    let resp = relay(&query, &hit, &cfg);
-                    return Step::Done(self.finish(encode(&resp, limit(&query, transport, &cfg)), start));
+                    let resp = relay(&query, &hit, cfg);
+                    return Step::Done(self.finish(encode(&resp, limit(&query, transport, cfg)), start));
                 }
                 self.metrics.cache(false);
                 Step::Forward(Box::new(query), key)
@@ -169,7 +220,12 @@ impl DnsState {
     /// Handles one packet completely (forwarding included): the bytes to send back, if any.
     pub async fn handle(&self, buf: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let start = Instant::now();
-        match self.fast(buf, transport, start) {
+        let snap = Snapshot::of(self);
+        let mut out = Vec::new();
+        if self.fastest(buf, transport, &snap, start, &mut out) {
+            return Some(out);
+        }
+        match self.fast(buf, transport, &snap, start) {
             Step::Done(b) => b,
             Step::Forward(q, key) => self.forward(*q, key, transport, start).await,
         }
@@ -238,6 +294,8 @@ impl DnsServer {
 
 async fn udp_worker(sock: Arc<UdpSocket>, state: Arc<DnsState>, addr: SocketAddr) -> Result<(), DnsError> {
     let mut buf = vec![0u8; 65_535];
+    let mut out = Vec::with_capacity(1232);
+    let mut snap = Snapshot::of(&state);
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -246,7 +304,20 @@ async fn udp_worker(sock: Arc<UdpSocket>, state: Arc<DnsState>, addr: SocketAddr
             Err(source) => return Err(DnsError::Serve { proto: "udp", addr, source }),
         };
         let start = Instant::now();
-        match state.fast(&buf[..n], Transport::Udp, start) {
+        snap.refresh(&state);
+        // one span per query; at the default level it is disabled and costs a load
+        let step = trace_span!("dns_query", proto = "udp", %peer).in_scope(|| {
+            if state.fastest(&buf[..n], Transport::Udp, &snap, start, &mut out) {
+                None
+            } else {
+                Some(state.fast(&buf[..n], Transport::Udp, &snap, start))
+            }
+        });
+        let Some(step) = step else {
+            let _ = sock.send_to(&out, peer).await;
+            continue;
+        };
+        match step {
             Step::Done(Some(reply)) => {
                 let _ = sock.send_to(&reply, peer).await;
             }

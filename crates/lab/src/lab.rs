@@ -1,4 +1,4 @@
-//! `dari lab up|down|status|exec|images`: the whole lab, from [`crate::plan`] to processes.
+//! `dari lab up|down|status|exec|images|kill-agent|start-agent`: the whole lab, from [`crate::plan`] to processes.
 //!
 //! Layout of the lab directory (default `/var/lib/dari-lab`):
 //!
@@ -54,6 +54,21 @@ pub enum LabCmd {
     /// The API forwarder process (started by `up`).
     #[command(hide = true)]
     Forward(ForwardArgs),
+    /// Kill a node's agent and its containerd with SIGKILL (pods and their shims keep running):
+    /// the node goes NotReady once its Lease expires. `dari lab start-agent` brings it back.
+    KillAgent(LabNodeArgs),
+    /// Start a node's agent again, with the command line `up` used (after `kill-agent` or a crash).
+    StartAgent(LabNodeArgs),
+}
+
+/// `--dir` and a node name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabNodeArgs {
+    /// Lab directory.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+    /// Node name.
+    pub node: String,
 }
 
 /// Options of `dari lab up`.
@@ -68,8 +83,10 @@ pub struct LabUpArgs {
     /// Datastore of the API server.
     #[arg(long, default_value = "sqlite", value_parser = ["sqlite"])]
     pub datastore: String,
-    /// Pod network backend between nodes: host-gw routes (all nodes share the lab LAN). VXLAN is not implemented yet.
-    #[arg(long, default_value = "host-gw", value_parser = ["host-gw"])]
+    /// Pod network backend between nodes: vxlan (the default: an overlay over UDP 8472 on the
+    /// lab LAN, pod MTU = LAN MTU - 50, what nodes on different links need) or host-gw (plain
+    /// routes via the node IPs, possible because all lab nodes share one LAN).
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
     pub backend: String,
     /// Lab directory.
     #[arg(long, default_value = DEFAULT_DIR)]
@@ -115,7 +132,7 @@ impl Default for LabUpArgs {
             workers: 3,
             nodes: vec![],
             datastore: "sqlite".into(),
-            backend: "host-gw".into(),
+            backend: "vxlan".into(),
             dir: DEFAULT_DIR.into(),
             prefix: "dari".into(),
             subnet: LabOpts::default().subnet,
@@ -172,6 +189,9 @@ pub struct LabState {
     pub api_listen: SocketAddr,
     /// Pod network backend.
     pub backend: String,
+    /// Each node's `dari agent` command line (for `start-agent`).
+    #[serde(default)]
+    pub agents: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The lab's paths.
@@ -240,12 +260,12 @@ pub fn server_argv(dari: &Path, plan: &LabPlan, dirs: &LabDirs, service_cidr: Ip
     ]
 }
 
-/// `dari agent` for one node (pure), with the flags of `dari_agent::AgentArgs`: the agent runs
-/// inside the node namespace (through nsenter) and is told so for its containerd too. It uses
-/// the admin kubeconfig until the token join flow exists; the pod MTU is the LAN MTU minus the
-/// VXLAN overhead (50) with the vxlan backend. (The agent has no `--backend` flag yet: the
-/// backend is recorded in state.json only.)
-pub fn agent_argv(dari: &Path, plan: &LabPlan, node: &NodePlan, dirs: &LabDirs, backend: &str) -> Vec<String> {
+/// `dari agent` for one node (pure), with the flags of `dari_agent::AgentArgs` and
+/// `dari_net::NetArgs`: the agent runs inside the node namespace (through nsenter) and is told
+/// so for its containerd too. It uses the admin kubeconfig until the token join flow exists; the
+/// pod MTU is the LAN MTU minus the VXLAN overhead (50) with the vxlan backend; the cluster and
+/// service ranges are the lab's (egress masquerade and the service proxy need them).
+pub fn agent_argv(dari: &Path, plan: &LabPlan, node: &NodePlan, dirs: &LabDirs, backend: &str, cluster_cidr: Ipv4Net, service_cidr: Ipv4Net) -> Vec<String> {
     let mtu = if backend == "vxlan" { plan.opts.mtu.saturating_sub(50) } else { plan.opts.mtu };
     vec![
         dari.display().to_string(),
@@ -262,6 +282,12 @@ pub fn agent_argv(dari: &Path, plan: &LabPlan, node: &NodePlan, dirs: &LabDirs, 
         dirs.node(&node.name).display().to_string(),
         "--mtu".into(),
         mtu.to_string(),
+        "--backend".into(),
+        backend.to_string(),
+        "--cluster-cidr".into(),
+        cluster_cidr.to_string(),
+        "--service-cidr".into(),
+        service_cidr.to_string(),
         "--containerd-netns".into(),
         netns_path(&node.netns).display().to_string(),
         // logs/exec/port-forward, proxied by the API server from the control plane over the lab LAN
@@ -330,8 +356,12 @@ pub fn rewrite_kubeconfig(text: &str, url: &str) -> String {
     o
 }
 
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// A progress line, prefixed with the seconds since the command started (where `up` spends its time).
 fn progress(msg: &str) {
-    eprintln!("{msg}");
+    let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("{t:5.1}s {msg}");
 }
 
 fn read_state(dirs: &LabDirs) -> Result<Option<LabState>> {
@@ -399,7 +429,7 @@ pub struct LabInfo {
 
 /// `dari lab up`. On failure everything made so far is torn down again.
 pub async fn up(args: LabUpArgs) -> Result<LabInfo> {
-    let t0 = Instant::now();
+    let t0 = *STARTED.get_or_init(Instant::now);
     let dirs = LabDirs { root: args.dir.clone() };
     let nodes = if args.nodes.is_empty() { default_nodes(args.workers) } else { args.nodes.clone() };
     let opts = LabOpts { prefix: args.prefix.clone(), subnet: args.subnet, mtu: args.mtu, ..LabOpts::default() };
@@ -420,7 +450,12 @@ pub async fn up(args: LabUpArgs) -> Result<LabInfo> {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(|e| LabError::io("find own binary", "/proc/self/exe", e))?,
     };
-    let state = LabState { plan: plan.clone(), dari: dari.clone(), api_listen: args.api_listen, backend: args.backend.clone() };
+    let agents = plan
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), agent_argv(&dari, &plan, n, &dirs, &args.backend, args.cluster_cidr, args.service_cidr)))
+        .collect();
+    let state = LabState { plan: plan.clone(), dari: dari.clone(), api_listen: args.api_listen, backend: args.backend.clone(), agents };
     std::fs::create_dir_all(&dirs.root).map_err(|e| LabError::io("create", &dirs.root, e))?;
     let json = serde_json::to_vec_pretty(&state).map_err(|e| LabError::State { path: dirs.state(), source: e })?;
     std::fs::write(dirs.state(), json).map_err(|e| LabError::io("write", dirs.state(), e))?;
@@ -552,31 +587,36 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
         let spec = ProcSpec {
             name: format!("agent-{}", n.name),
             netns: Some(netns_path(&n.netns)),
-            argv: agent_argv(&state.dari, &plan, n, dirs, &state.backend),
+            argv: state.agents.get(&n.name).cloned().unwrap_or_default(),
             env: vec![],
         };
         std::fs::create_dir_all(dirs.node(&n.name)).map_err(|e| LabError::io("create", dirs.node(&n.name), e))?;
         agents.push((n.clone(), procs::spawn(&spec, &dirs.root)?));
     }
     if let Some(archives) = images {
-        for (n, pid) in &agents {
+        // one import per node, all at once (sequential imports were most of `up`'s time)
+        let imports = agents.iter().map(|(n, pid)| {
             let sock = dirs.containerd_socket(&n.name);
             let log = dirs.root.join(format!("logs/agent-{}.log", n.name));
-            let (s2, pid) = (sock.clone(), *pid);
-            let r = blocking(move || {
-                procs::wait_for("containerd socket", timeout, || s2.exists() || !procs::alive(pid as i32))
-            })
-            .await;
-            if r.is_err() || !sock.exists() {
-                return Err(LabError::Process {
-                    what: format!("agent {}", n.name),
-                    detail: format!("no containerd socket at {}; log {}:\n{}", sock.display(), log.display(), tail(&log, 15)),
-                    source: None,
-                });
+            let (pid, archives, name) = (*pid, archives.clone(), n.name.clone());
+            async move {
+                let s2 = sock.clone();
+                let r = blocking(move || procs::wait_for("containerd socket", timeout, || s2.exists() || !procs::alive(pid as i32))).await;
+                if r.is_err() || !sock.exists() {
+                    return Err(LabError::Process {
+                        what: format!("agent {name}"),
+                        detail: format!("no containerd socket at {}; log {}:\n{}", sock.display(), log.display(), tail(&log, 15)),
+                        source: None,
+                    });
+                }
+                let n_images = archives.len();
+                blocking(move || crate::images::import_with_ctr(&sock, &archives)).await?;
+                progress(&format!("      {name:<24} agent pid {pid}, {n_images} images imported"));
+                Ok(())
             }
-            let a2 = archives.clone();
-            blocking(move || crate::images::import_with_ctr(&sock, &a2)).await?;
-            progress(&format!("      {:<24} agent pid {pid}, {} images imported", n.name, archives.len()));
+        });
+        for r in futures::future::join_all(imports).await {
+            r?;
         }
     }
     if args.no_wait {
@@ -756,6 +796,45 @@ pub async fn exec(args: LabExecArgs) -> Result<i32> {
     Ok(status.code().unwrap_or(128))
 }
 
+fn node_state(dirs: &LabDirs, node: &str) -> Result<(LabState, NodePlan)> {
+    let state = read_state(dirs)?.ok_or_else(|| LabError::plan(format!("no lab in {}", dirs.root.display())))?;
+    let n = state.plan.node(node).cloned().ok_or_else(|| LabError::plan(format!("no node {node:?} in the lab")))?;
+    Ok((state, n))
+}
+
+/// `dari lab kill-agent NODE`: SIGKILL to the node's agent and the containerd it started (its
+/// descendants named `containerd`); container shims and containers are left running, as when a
+/// kubelet and its runtime crash. Returns the pids killed.
+pub async fn kill_agent(args: LabNodeArgs) -> Result<Vec<i32>> {
+    let dirs = LabDirs { root: args.dir };
+    let (_, n) = node_state(&dirs, &args.node)?;
+    let name = format!("agent-{}", n.name);
+    let Some((_, pid)) = procs::pidfile_pids(&dirs.root).into_iter().find(|(p, _)| *p == name) else {
+        return Err(LabError::plan(format!("agent of {} is not running", n.name)));
+    };
+    let mut victims = vec![pid];
+    victims.extend(procs::descendants(pid).into_iter().filter(|p| procs::comm(*p).as_deref() == Some("containerd")));
+    for p in &victims {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGKILL);
+    }
+    let v2 = victims.clone();
+    blocking(move || procs::wait_for("killed agent to exit", Duration::from_secs(10), || v2.iter().all(|p| !procs::alive(*p)))).await?;
+    Ok(victims)
+}
+
+/// `dari lab start-agent NODE`: starts the node's agent with the command line `up` recorded
+/// (refused while it runs). Returns its pid.
+pub async fn start_agent(args: LabNodeArgs) -> Result<u32> {
+    let dirs = LabDirs { root: args.dir };
+    let (state, n) = node_state(&dirs, &args.node)?;
+    let name = format!("agent-{}", n.name);
+    if procs::pidfile_pids(&dirs.root).iter().any(|(p, _)| *p == name) {
+        return Err(LabError::plan(format!("agent of {} is running already", n.name)));
+    }
+    let argv = state.agents.get(&n.name).cloned().ok_or_else(|| LabError::plan(format!("no agent command line for {} in state.json (lab made by an older dari)", n.name)))?;
+    procs::spawn(&ProcSpec { name, netns: Some(netns_path(&n.netns)), argv, env: vec![] }, &dirs.root)
+}
+
 /// Runs a `dari lab` subcommand; returns the process exit code.
 pub async fn run(args: LabArgs) -> Result<i32> {
     match args.cmd {
@@ -772,62 +851,14 @@ pub async fn run(args: LabArgs) -> Result<i32> {
             Ok(0)
         }
         LabCmd::Forward(a) => crate::forward::run(a).await.map(|_| 0),
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kubeconfig_rewrite() {
-        let k = "apiVersion: v1\nclusters:\n- name: dari\n  cluster:\n    certificate-authority-data: X\n    server: https://172.31.0.10:6443\n";
-        assert_eq!(
-            rewrite_kubeconfig(k, "https://127.0.0.1:6443"),
-            "apiVersion: v1\nclusters:\n- name: dari\n  cluster:\n    certificate-authority-data: X\n    server: https://127.0.0.1:6443\n"
-        );
-    }
-
-    #[test]
-    fn agent_flags() {
-        let p = plan::plan(&["cp".to_string(), "w1".to_string()], &LabOpts::default()).unwrap();
-        let dirs = LabDirs { root: "/var/lib/dari-lab".into() };
-        let a = agent_argv(Path::new("/usr/bin/dari"), &p, &p.nodes[1], &dirs, "host-gw").join(" ");
-        assert_eq!(
-            a,
-            "/usr/bin/dari agent --server https://172.31.0.10:6443 --kubeconfig /var/lib/dari-lab/server/admin.kubeconfig \
---node-name w1 --node-ip 172.31.0.11 --data-dir /var/lib/dari-lab/nodes/w1 --mtu 1400 --containerd-netns /run/netns/dari-w1 \
---stream-address 172.31.0.11:10250 --ingress-class nginx"
-        );
-    }
-
-    #[test]
-    fn default_node_names() {
-        assert_eq!(default_nodes(2), vec!["lab-control-plane", "lab-worker", "lab-worker2"]);
-    }
-
-    #[test]
-    fn clap_parses() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct T {
-            #[command(subcommand)]
-            cmd: LabCmd,
-        }
-        let t = T::try_parse_from(["lab", "up", "--nodes", "myk8s-control-plane,myk8s-worker", "--backend", "host-gw"]).unwrap();
-        match t.cmd {
-            LabCmd::Up(u) => {
-                assert_eq!(u.nodes, vec!["myk8s-control-plane", "myk8s-worker"]);
-                assert_eq!(u.backend, "host-gw");
-            }
-            _ => panic!("not up"),
-        }
-        let t = T::try_parse_from(["lab", "exec", "w1", "--", "ip", "-br", "addr"]).unwrap();
-        match t.cmd {
-            LabCmd::Exec(e) => assert_eq!(e.cmd, vec!["ip", "-br", "addr"]),
-            _ => panic!("not exec"),
-        }
+        LabCmd::KillAgent(a) => kill_agent(a).await.map(|p| {
+            progress(&format!("killed {}", p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")));
+            0
+        }),
+        LabCmd::StartAgent(a) => start_agent(a).await.map(|p| {
+            progress(&format!("agent started, pid {p}"));
+            0
+        }),
     }
 }
 
@@ -890,4 +921,64 @@ fn kubectl_apply(kubeconfig: &Path, manifest: &str) -> Result<()> {
         return Err(LabError::Process { what: "kubectl apply (kube-dns)".into(), detail: String::from_utf8_lossy(&out.stderr).into_owned(), source: None });
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_rewrite() {
+        let k = "apiVersion: v1\nclusters:\n- name: dari\n  cluster:\n    certificate-authority-data: X\n    server: https://172.31.0.10:6443\n";
+        assert_eq!(
+            rewrite_kubeconfig(k, "https://127.0.0.1:6443"),
+            "apiVersion: v1\nclusters:\n- name: dari\n  cluster:\n    certificate-authority-data: X\n    server: https://127.0.0.1:6443\n"
+        );
+    }
+
+    #[test]
+    fn agent_flags() {
+        let p = plan::plan(&["cp".to_string(), "w1".to_string()], &LabOpts::default()).unwrap();
+        let dirs = LabDirs { root: "/var/lib/dari-lab".into() };
+        let (cc, sc) = ("10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap());
+        let a = agent_argv(Path::new("/usr/bin/dari"), &p, &p.nodes[1], &dirs, "host-gw", cc, sc).join(" ");
+        assert_eq!(
+            a,
+            "/usr/bin/dari agent --server https://172.31.0.10:6443 --kubeconfig /var/lib/dari-lab/server/admin.kubeconfig \
+--node-name w1 --node-ip 172.31.0.11 --data-dir /var/lib/dari-lab/nodes/w1 --mtu 1400 --backend host-gw \
+--cluster-cidr 10.244.0.0/16 --service-cidr 10.96.0.0/12 --containerd-netns /run/netns/dari-w1 \
+--stream-address 172.31.0.11:10250 --ingress-class nginx"
+        );
+        let v = agent_argv(Path::new("/usr/bin/dari"), &p, &p.nodes[1], &dirs, "vxlan", cc, sc).join(" ");
+        assert!(v.contains("--mtu 1350 --backend vxlan"), "vxlan: pod MTU = LAN MTU - 50: {v}");
+    }
+
+    #[test]
+    fn default_node_names() {
+        assert_eq!(default_nodes(2), vec!["lab-control-plane", "lab-worker", "lab-worker2"]);
+    }
+
+    #[test]
+    fn clap_parses() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(subcommand)]
+            cmd: LabCmd,
+        }
+        let t = T::try_parse_from(["lab", "up", "--nodes", "myk8s-control-plane,myk8s-worker", "--backend", "host-gw"]).unwrap();
+        match t.cmd {
+            LabCmd::Up(u) => {
+                assert_eq!(u.nodes, vec!["myk8s-control-plane", "myk8s-worker"]);
+                assert_eq!(u.backend, "host-gw");
+            }
+            _ => panic!("not up"),
+        }
+        let t = T::try_parse_from(["lab", "exec", "w1", "--", "ip", "-br", "addr"]).unwrap();
+        match t.cmd {
+            LabCmd::Exec(e) => assert_eq!(e.cmd, vec!["ip", "-br", "addr"]),
+            _ => panic!("not exec"),
+        }
+    }
 }

@@ -5,7 +5,8 @@
 //! [`lab::up`] for the whole thing: namespaces, `dari server` and `dari agent` per node
 //! ([`procs`]), the API forwarder on 127.0.0.1:6443 ([`forward`]) and the stand-in images
 //! ([`images`], [`oci`]) that the seed scenarios name. [`applets`] are the small servers
-//! inside those images (whoami, echo-server, pause).
+//! inside those images (whoami, echo-server, pause). The pod network between the nodes is
+//! `dari_net`'s (`--backend vxlan`, the default, or `host-gw`), run by each node's agent.
 //!
 //! Network rule: the lab's addresses live only inside its namespaces; the root namespace gets
 //! no link and no route into the lab, and the hub has no uplink, so nothing leaves the host.
@@ -23,5 +24,5 @@ pub mod procs;
 pub use applets::{applet_main, echo_server_main, pause_main, whoami_main};
 pub use error::{LabError, Result};
 pub use images::build_images;
-pub use lab::{down, exec, run, status, up, LabArgs, LabCmd, LabUpArgs};
+pub use lab::{down, exec, kill_agent, run, start_agent, status, up, LabArgs, LabCmd, LabNodeArgs, LabUpArgs};
 pub use plan::{plan, LabOpts, LabPlan};

@@ -177,6 +177,31 @@ pub fn lab_processes(netns: &[PathBuf], dir: &Path) -> Vec<i32> {
     set.into_iter().filter(|p| !is_zombie(*p)).collect()
 }
 
+/// Every descendant of `pid` (children, their children, ...).
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let parent: HashMap<i32, i32> = all_pids().into_iter().filter_map(|p| proc_ppid(p).map(|pp| (p, pp))).collect();
+    let mut set: BTreeSet<i32> = BTreeSet::new();
+    set.insert(pid);
+    loop {
+        let before = set.len();
+        for (&p, pp) in &parent {
+            if set.contains(pp) {
+                set.insert(p);
+            }
+        }
+        if set.len() == before {
+            break;
+        }
+    }
+    set.remove(&pid);
+    set.into_iter().collect()
+}
+
+/// A process's command name (`/proc/PID/comm`).
+pub fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
+}
+
 fn reap(pid: i32) {
     // Our own children (tests run up and down in one process) would stay zombies otherwise.
     let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));

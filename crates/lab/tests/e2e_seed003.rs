@@ -4,21 +4,16 @@
 //! three other nodes, the server sees net-pod's IP, port 80 is refused at once, session
 //! affinity pins the client, conntrack shows the DNAT; `lab down` leaves no namespace behind.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::{dari, free_port, is_root as nix_is_root, netns_of, ok, run, Lab};
+
 const NODES: &str = "myk8s-control-plane,myk8s-worker,myk8s-worker2,myk8s-worker3";
 const PREFIX: &str = "de2e";
-
-fn dari() -> PathBuf {
-    if let Ok(p) = std::env::var("DARI_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/dari");
-    assert!(p.exists(), "{} missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
-    p
-}
 
 fn scenario() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -30,53 +25,6 @@ fn scenario() -> PathBuf {
     panic!("../shared/scenarios/seed-003-clusterip not found")
 }
 
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(o.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-struct Lab {
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    fn kubectl(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("kubectl");
-        c.args(args).env("KUBECONFIG", self.dir.path().join("kubeconfig"));
-        c
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(dari()).args(["lab", "down", "--dir"]).arg(self.dir.path()).output();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-/// The network namespace (under /run/netns) whose interfaces hold `ip`.
-fn netns_of(ip: &str) -> String {
-    for e in std::fs::read_dir("/run/netns").expect("/run/netns").flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("cni-") {
-            continue;
-        }
-        let o = run(Command::new("ip").args(["netns", "exec", &name, "ip", "-4", "-o", "addr"]));
-        if String::from_utf8_lossy(&o.stdout).contains(&format!(" {ip}/")) {
-            return name;
-        }
-    }
-    panic!("no pod network namespace holds {ip}")
-}
-
 fn curl_in(ns: &str, url: &str) -> Output {
     run(Command::new("ip").args(["netns", "exec", ns, "curl", "-s", "--max-time", "3", url]))
 }
@@ -84,7 +32,7 @@ fn curl_in(ns: &str, url: &str) -> Output {
 #[test]
 fn seed003_clusterip_across_four_nodes() {
     assert!(nix_is_root(), "the lab end-to-end test needs root (CI runs as root)");
-    let lab = Lab { dir: tempfile::Builder::new().prefix("dari-e2e").tempdir().expect("tempdir") };
+    let lab = Lab::new("dari-e2e");
     let port = free_port();
     let started = Instant::now();
     ok(Command::new(dari())
@@ -233,11 +181,4 @@ fn seed003_clusterip_across_four_nodes() {
     ok(Command::new(dari()).args(["lab", "down", "--dir"]).arg(lab.dir.path()));
     let left = ok(Command::new("ip").args(["netns", "list"]));
     assert!(!left.lines().any(|l| l.starts_with(PREFIX)), "namespaces left after down:\n{left}");
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }

@@ -189,6 +189,15 @@ pub fn serving_params(cn: &str, sans: &[San], days: u32) -> Result<CertificatePa
     Ok(p)
 }
 
+/// Parameters of a certificate that both serves and authenticates as a client (an etcd member:
+/// clients and peers connect to it, and it connects to its peers).
+pub fn peer_params(cn: &str, sans: &[San], days: u32) -> Result<CertificateParams, PkiError> {
+    let mut p = serving_params(cn, sans, days)?;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(p)
+}
+
 /// Generates a fresh key (ECDSA P-256) and signs `params` with `issuer`.
 pub fn sign(
     params: &CertificateParams,

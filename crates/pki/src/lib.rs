@@ -59,6 +59,10 @@ const RENEW_BEFORE_SECS: i64 = 30 * 86_400;
 pub const SERVER_COMMON_NAME: &str = "kube-apiserver";
 /// Group with full access (kube-apiserver's superuser group).
 pub const GROUP_MASTERS: &str = "system:masters";
+/// The user the API server authenticates as when it calls a node's streaming endpoint (CN of its
+/// kubelet client certificate, like kube-apiserver's `--kubelet-client-certificate`); the agent
+/// admits only this user.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 /// ALPN protocols offered by [`Pki::server_config`], in preference order.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
@@ -71,6 +75,19 @@ pub struct PkiOptions {
     pub service_ip: IpAddr,
     /// This node's hostname / node name; added as a DNS SAN (skipped if empty).
     pub hostname: String,
+}
+
+/// Files written by [`Pki::write_etcd_certs`].
+#[derive(Debug, Clone)]
+pub struct EtcdCertPaths {
+    /// The CA (etcd's `--trusted-ca-file`, `--peer-trusted-ca-file`; dari's `--etcd-cafile`).
+    pub ca: PathBuf,
+    /// Per member: certificate and key (etcd's `--cert-file/--key-file` and `--peer-*`).
+    pub members: Vec<(PathBuf, PathBuf)>,
+    /// The API server's client certificate (`dari server --etcd-certfile`).
+    pub client_cert: PathBuf,
+    /// Its key (`--etcd-keyfile`).
+    pub client_key: PathBuf,
 }
 
 /// Paths of the files under `DIR/pki/`.
@@ -235,6 +252,38 @@ impl Pki {
             .collect::<Result<Vec<_>, _>>()?;
         let params = certs::serving_params(cn, &sans, LEAF_VALIDITY_DAYS)?;
         certs::sign(&params, &self.issuer, cn)
+    }
+
+    /// Issues an etcd member certificate (EKU serverAuth and clientAuth: it serves clients and
+    /// peers, and dials its peers) with the given SANs. Returns `(cert_pem, key_pem)`.
+    pub fn issue_peer_cert(&self, cn: &str, sans: &[&str]) -> Result<(String, String), PkiError> {
+        let sans = sans.iter().map(|s| San::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let params = certs::peer_params(cn, &sans, LEAF_VALIDITY_DAYS)?;
+        certs::sign(&params, &self.issuer, cn)
+    }
+
+    /// Writes, under `out`, what an etcd cluster with `--client-cert-auth` and
+    /// `--peer-client-cert-auth` needs from this CA (the hard-way write-up's etcd certificates):
+    /// `ca.crt`; per member `NAME.crt`/`NAME.key` (serving and peer, SANs = that member's
+    /// addresses); and `apiserver-etcd-client.crt`/`.key` (CN kube-apiserver-etcd-client) for
+    /// `dari server --etcd-certfile/--etcd-keyfile`. Existing files are replaced.
+    pub fn write_etcd_certs(&self, out: &Path, members: &[(&str, Vec<&str>)]) -> Result<EtcdCertPaths, PkiError> {
+        std::fs::create_dir_all(out).map_err(|source| PkiError::CreateDir { path: out.to_owned(), source })?;
+        let ca = out.join("ca.crt");
+        fsutil::write_atomic(&ca, self.ca_pem.as_bytes(), fsutil::FileMode::Public)?;
+        let mut member_files = Vec::new();
+        for (name, sans) in members {
+            let (crt, key) = self.issue_peer_cert(name, sans)?;
+            let (c, k) = (out.join(format!("{name}.crt")), out.join(format!("{name}.key")));
+            fsutil::write_atomic(&c, crt.as_bytes(), fsutil::FileMode::Public)?;
+            fsutil::write_atomic(&k, key.as_bytes(), fsutil::FileMode::Secret)?;
+            member_files.push((c, k));
+        }
+        let (crt, key) = self.issue_client_cert("kube-apiserver-etcd-client", &[], LEAF_VALIDITY_DAYS)?;
+        let (client_cert, client_key) = (out.join("apiserver-etcd-client.crt"), out.join("apiserver-etcd-client.key"));
+        fsutil::write_atomic(&client_cert, crt.as_bytes(), fsutil::FileMode::Public)?;
+        fsutil::write_atomic(&client_key, key.as_bytes(), fsutil::FileMode::Secret)?;
+        Ok(EtcdCertPaths { ca, members: member_files, client_cert, client_key })
     }
 
     /// The CA certificate, PEM.

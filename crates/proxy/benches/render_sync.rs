@@ -1,15 +1,21 @@
 //! Benchmark: render and sync N Services x 10 endpoints (default N = 10,000; `BENCH_SERVICES=1000`).
 //!
-//! Run (root, needs nft; the iptables baseline needs iptables-nft-restore):
+//! Run (root, needs nft and iproute2; the iptables baseline needs iptables-nft-restore):
 //!     cargo bench -p dari-proxy --bench render_sync
+//! Everything kernel-side happens in network namespaces the bench creates (`dpbench*`), deleted
+//! at the end; the host's tables are never touched.
 //!
 //! Figures, each the median of `BENCH_REPEAT` (default 3) runs:
-//! - render: objects -> Ruleset (pure)
-//! - full sync through `nft -f -` into a fresh netns (kube-proxy style transaction)
-//! - add 1 Service when N exist: incremental (diff) vs full-table rewrite (`nft -f` of the whole table)
-//! - remove 1 endpoint: incremental vs full-table rewrite
-//! - baseline: kube-proxy iptables mode equivalent via `iptables-nft-restore` (if it works here)
-//! - peak RSS of this process (objects + rulesets in memory: an upper bound of the proxy's).
+//! - render: objects -> Ruleset (pure); plan: the diff (pure)
+//! - full sync into a fresh netns (the Syncer's full path)
+//! - full-table rewrite of the same ruleset with `nft -f` (the kube-proxy-style baseline)
+//! - add 1 Service when N exist / remove 1 endpoint: render, plan, apply through netlink (and,
+//!   for comparison, the same transaction through `nft -f`)
+//! - proxy RSS: a child process holding what the proxy holds (the API objects, the last applied
+//!   ruleset) after a full sync and one incremental sync
+//! - first-packet latency: TCP connect to a ClusterIP (new conntrack entry: the SYN walks the
+//!   nat chains) with 10 and with N Services loaded, from a netns to a server in another netns
+//! - baseline: kube-proxy iptables mode equivalent via `iptables-nft-restore` (if it works here).
 
 #![allow(clippy::unwrap_used)]
 #[path = "../tests/common/mod.rs"]
@@ -21,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dari_proxy::sync::Syncer;
-use dari_proxy::{render, NftApply, NftCli, NodeFacts, ProxyConfig, Ruleset};
+use dari_proxy::{render, NetlinkApplier, NftApply, NftCli, NodeFacts, ProxyConfig, Ruleset};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -118,8 +124,82 @@ fn pipe(cmd: &[&str], input: &str) -> Result<(), String> {
     }
 }
 
+struct Ns {
+    name: String,
+}
+
+impl Ns {
+    fn new(tag: &str) -> Ns {
+        let name = format!("dpbench{}{tag}", std::process::id());
+        assert!(sh(&format!("ip netns add {name}")), "ip netns add {name}");
+        Ns { name }
+    }
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+    fn exec(&self, cmd: &str) -> bool {
+        sh(&format!("nsenter --net={} {cmd}", self.path()))
+    }
+    fn reset(&self) {
+        self.exec("sh -c 'nft add table ip dari; nft delete table ip dari; nft add table ip6 dari; nft delete table ip6 dari'");
+    }
+    fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip netns del {}", self.name));
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Child mode: what the proxy holds with N Services, after a full and an incremental sync.
+fn rss_child(n: usize, path: &str) {
+    let node = NodeFacts { name: "bench-node".into(), addresses: vec!["172.18.0.2".parse().unwrap()] };
+    let cfg = ProxyConfig { cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()], ..ProxyConfig::default() };
+    let (mut services, mut slices) = objects(n);
+    let mut s = Syncer::new(Arc::new(NetlinkApplier::in_netns(path)));
+    s.sync(render(&services, &slices, &node, &cfg), true).unwrap();
+    services.push(service("bench", "added", "10.99.0.1", &[tcp("http", 80, 8080)]));
+    slices.push(slice("bench", "added", "x", &[("http", "TCP", 8080)], &[("10.250.0.1", "other-node", Cond::Ready)]));
+    s.sync(render(&services, &slices, &node, &cfg), false).unwrap();
+    println!("{} {}", rss_kb("VmHWM:"), rss_kb("VmRSS:"));
+}
+
+/// Median TCP connect time to `dst` from inside `client` (each connect is a new flow).
+fn connect_latency(client: &Ns, dst: std::net::SocketAddr, count: usize) -> (Duration, Duration) {
+    client
+        .spawn(move || {
+            let mut v = Vec::new();
+            for _ in 0..count {
+                let t = Instant::now();
+                let c = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2)).expect("connect to ClusterIP");
+                v.push(t.elapsed());
+                drop(c);
+            }
+            v.sort();
+            (v[v.len() / 2], v[v.len() * 99 / 100])
+        })
+        .join()
+        .unwrap()
+}
+
 fn main() {
     let n: usize = std::env::var("BENCH_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    if let Ok(path) = std::env::var("BENCH_RSS_CHILD") {
+        rss_child(n, &path);
+        return;
+    }
     let repeat: usize = std::env::var("BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let node = NodeFacts { name: "bench-node".into(), addresses: vec!["172.18.0.2".parse().expect("ip")] };
     let cfg = ProxyConfig { cluster_cidrs: vec!["10.0.0.0/8".parse().expect("cidr")], ..ProxyConfig::default() };
@@ -134,71 +214,132 @@ fn main() {
         rs = Some(r);
     }
     let Some(rs) = rs else { return };
-    println!("render:                         {:>10.1?}  ({} chains)", median(t), rs.chain_count());
+    println!("render:                                 {:>10}  ({} chains)", ms(median(t)), rs.chain_count());
     let (d, text) = time(|| rs.full_sync_script(&Default::default()));
-    println!("full sync script generation:    {:>10.1?}  ({} lines)", d, text.lines().count());
+    println!("full sync script generation:            {:>10}  ({} lines)", ms(d), text.lines().count());
+    drop(text);
 
-    if !nix::unistd::geteuid().is_root() || !sh("command -v nft") {
-        println!("SKIPPED kernel syncs: need root and nft (apt-get install nftables)");
-        return;
+    if !nix::unistd::geteuid().is_root() || !sh("command -v nft") || !sh("command -v ip") {
+        panic!("the kernel part needs root, nft (apt nftables) and ip (apt iproute2)");
     }
-    let ns = format!("dpbench{}", std::process::id());
-    assert!(sh(&format!("ip netns add {ns}")), "ip netns add {ns}");
-    let path = format!("/var/run/netns/{ns}");
-    let applier = Arc::new(NftCli::in_netns(&path));
-    let reset = || sh(&format!("nsenter --net={path} sh -c 'nft add table ip dari; nft delete table ip dari; nft add table ip6 dari; nft delete table ip6 dari'"));
+    let ns = Ns::new("a");
+    let path = ns.path();
+    let cli = Arc::new(NftCli::in_netns(&path));
 
-    // Full sync (incl. listing the existing table), fresh namespace state each time.
+    // Full sync (listing + add/flush every object), fresh namespace state each time.
     let mut full = Vec::new();
     for _ in 0..repeat {
-        reset();
-        let mut s = Syncer::new(applier.clone());
+        ns.reset();
+        let mut s = Syncer::new(Arc::new(NetlinkApplier::in_netns(&path)));
         let (d, r) = time(|| s.sync(rs.clone(), true));
         r.expect("full sync");
         full.push(d);
     }
-    println!("full sync via nft -f:           {:>10.1?}", median(full));
+    println!("full sync (nft -f, add+flush all):      {:>10}", ms(median(full)));
 
     // Full-table rewrite baseline (the same ruleset, `table {}` blocks after delete).
     let script = full_rewrite_script(&rs);
     let mut rw = Vec::new();
     for _ in 0..repeat {
-        let (d, r) = time(|| applier.apply(&script));
+        let (d, r) = time(|| cli.apply(&script));
         r.expect("rewrite");
         rw.push(d);
     }
+    drop(script);
     let rewrite = median(rw);
-    println!("full-table rewrite via nft -f:  {:>10.1?}", rewrite);
+    println!("baseline: full-table rewrite, nft -f:   {:>10}", ms(rewrite));
 
-    // Add one Service, remove one endpoint: incremental vs rewrite.
+    // Add one Service, remove one endpoint: render + plan + apply (netlink), vs nft -f.
     let mut plus = services.clone();
     plus.push(service("bench", "added", "10.99.0.1", &[tcp("http", 80, 8080)]));
     let mut plus_slices = slices.clone();
     plus_slices.push(slice("bench", "added", "x", &[("http", "TCP", 8080)], &[("10.250.0.1", "other-node", Cond::Ready)]));
     let mut minus_slices = slices.clone();
     minus_slices[0].endpoints.pop();
-    let mut add = Vec::new();
-    let mut del = Vec::new();
-    let mut add_render = Vec::new();
+    let (mut add_r, mut add_p, mut add_a, mut del_r, mut del_p, mut del_a) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut via_netlink = (0, 0);
     for _ in 0..repeat {
-        reset();
-        let mut s = Syncer::new(applier.clone());
+        ns.reset();
+        let nl = Arc::new(NetlinkApplier::in_netns(&path));
+        let mut s = Syncer::new(nl.clone());
         s.sync(rs.clone(), true).expect("base");
+        nl.connect().expect("netlink socket");
         let (dr, plus_rs) = time(|| render(&plus, &plus_slices, &node, &cfg));
-        add_render.push(dr);
-        let (d, r) = time(|| s.sync(plus_rs, false));
-        r.expect("add one");
-        add.push(d);
+        let out = s.sync(plus_rs, false).expect("add one");
+        add_r.push(dr);
+        add_p.push(out.plan_time);
+        add_a.push(out.apply_time);
         s.sync(rs.clone(), false).expect("back");
-        let minus_rs = render(&services, &minus_slices, &node, &cfg);
-        let (d, r) = time(|| s.sync(minus_rs, false));
-        r.expect("remove endpoint");
-        del.push(d);
+        let (dr, minus_rs) = time(|| render(&services, &minus_slices, &node, &cfg));
+        let out = s.sync(minus_rs, false).expect("remove endpoint");
+        del_r.push(dr);
+        del_p.push(out.plan_time);
+        del_a.push(out.apply_time);
+        via_netlink = nl.counts();
     }
-    println!("add 1 Service (render):         {:>10.1?}", median(add_render));
-    println!("add 1 Service (diff + nft -f):  {:>10.1?}   vs full rewrite {:.1?}", median(add), rewrite);
-    println!("remove 1 endpoint (diff+nft):   {:>10.1?}   vs full rewrite {:.1?}", median(del), rewrite);
-    reset();
+    println!("add 1 Service:    render {:>9}  plan {:>9}  apply (netlink) {:>9}   vs full rewrite {}",
+        ms(median(add_r)), ms(median(add_p)), ms(median(add_a)), ms(rewrite));
+    println!("remove 1 endpoint: render {:>9}  plan {:>9}  apply (netlink) {:>9}   vs full rewrite {}",
+        ms(median(del_r)), ms(median(del_p)), ms(median(del_a)), ms(rewrite));
+    println!("  (transactions via netlink / via nft -f in the last round: {} / {}; the full syncs are the nft -f ones)", via_netlink.0, via_netlink.1);
+    // The same incremental transactions through `nft -f` (what the stopgap cost).
+    {
+        ns.reset();
+        let mut s = Syncer::new(cli.clone());
+        s.sync(rs.clone(), true).expect("base");
+        let out = s.sync(render(&plus, &plus_slices, &node, &cfg), false).expect("add one");
+        let out2 = s.sync(render(&services, &minus_slices, &node, &cfg), false).expect("remove endpoint");
+        println!("same transactions via nft -f:  add 1 Service {:>9}, remove 1 endpoint {:>9} (after render+plan)", ms(out.apply_time), ms(out2.apply_time));
+    }
+    ns.reset();
+
+    // Proxy RSS: a child process with only what the proxy holds.
+    let exe = std::env::current_exe().unwrap();
+    let child_ns = Ns::new("r");
+    let out = Command::new(exe).env("BENCH_RSS_CHILD", child_ns.path()).env("BENCH_SERVICES", n.to_string()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().filter_map(|v| v.parse::<u64>().ok());
+    if let (Some(hwm), Some(now)) = (it.next(), it.next()) {
+        println!("proxy RSS with {n} Services (objects + last ruleset, after full + incremental sync): peak {} MB, after {} MB", hwm / 1024, now / 1024);
+    } else {
+        println!("proxy RSS child FAILED: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    drop(child_ns);
+
+    // First-packet latency: client netns -> ClusterIP 10.99.0.1:80 -> server netns 10.250.0.2:8080.
+    let client = Ns::new("c");
+    let server = Ns::new("s");
+    assert!(sh(&format!("ip -n {} link add veth0 type veth peer name eth0 netns {}", client.name, server.name)));
+    assert!(client.exec("ip addr add 10.250.0.1/24 dev veth0") && client.exec("ip link set veth0 up") && client.exec("ip link set lo up"));
+    assert!(server.exec("ip addr add 10.250.0.2/24 dev eth0") && server.exec("ip link set eth0 up") && server.exec("ip link set lo up"));
+    assert!(client.exec("ip route add default via 10.250.0.2"), "default route inside the client netns");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _srv = server.spawn(move || {
+        let l = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+        tx.send(()).unwrap();
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let probe = service("bench", "probe", "10.99.0.1", &[tcp("http", 80, 8080)]);
+    let probe_slice = slice("bench", "probe", "x", &[("http", "TCP", 8080)], &[("10.250.0.2", "other-node", Cond::Ready)]);
+    let dst: std::net::SocketAddr = "10.99.0.1:80".parse().unwrap();
+    for count in [10, n] {
+        let mut svcs: Vec<Service> = services[..count.min(n)].to_vec();
+        let mut sl: Vec<EndpointSlice> = slices[..count.min(n)].to_vec();
+        svcs.push(probe.clone());
+        sl.push(probe_slice.clone());
+        client.reset();
+        let mut s = Syncer::new(Arc::new(NetlinkApplier::in_netns(client.path())));
+        s.sync(render(&svcs, &sl, &node, &cfg), true).expect("load");
+        let _ = connect_latency(&client, dst, 50); // warm-up
+        let (p50, p99) = connect_latency(&client, dst, 1000);
+        println!("first-packet latency (TCP connect via ClusterIP), {count:>6} Services: p50 {:>8.1} us  p99 {:>8.1} us",
+            p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
+    }
+    drop(client);
+    drop(server);
 
     // kube-proxy iptables mode equivalent.
     let ipt = iptables_restore_text(&services, &slices);
@@ -213,9 +354,9 @@ fn main() {
         it.push(d);
     }
     match err {
-        None => println!("iptables-nft-restore (kube-proxy iptables-mode rules, full): {:>10.1?}  ({} lines)", median(it), ipt.lines().count()),
+        None => println!("iptables-nft-restore (kube-proxy iptables-mode rules, full): {:>10}  ({} lines)", ms(median(it)), ipt.lines().count()),
         Some(e) => println!("iptables-nft-restore baseline FAILED: {e}"),
     }
-    let _ = sh(&format!("ip netns del {ns}"));
-    println!("peak RSS of the bench process:  {} MB (VmHWM), now {} MB", rss_kb("VmHWM:") / 1024, rss_kb("VmRSS:") / 1024);
+    drop(ns);
+    println!("peak RSS of the bench process:  {} MB (VmHWM)", rss_kb("VmHWM:") / 1024);
 }

@@ -16,6 +16,17 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    /// A netlink socket operation (open, send, receive) failed.
+    #[error("netlink {op} (netns {netns:?})")]
+    Netlink {
+        /// `socket`, `send`, `recv`, ...
+        op: String,
+        /// Network namespace, if any.
+        netns: Option<PathBuf>,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// `nft` ran and rejected the transaction; nothing was changed (transactions are atomic).
     #[error("nft failed (netns {netns:?}, {lines} line transaction): {stderr}")]
     NftRejected {

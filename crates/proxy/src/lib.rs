@@ -5,15 +5,19 @@
 //! Where to start:
 //! - [`render`] (pure): `(services, endpoint_slices, &NodeFacts, &ProxyConfig) -> Ruleset`.
 //!   [`Ruleset::to_nft`] prints it as `nft` text (see `tests/golden/*.nft`).
-//! - [`Ruleset::full_sync_script`] / [`Ruleset::diff_script`]: the `nft -f` transactions
-//!   (full resync, or only what changed).
-//! - [`NftApply`]: where transactions go ([`NftCli`] runs `nft -f -`; [`RecordingApplier`] is a fake).
+//! - [`plan`] (pure): `(prev, next) -> Transaction`, only what changed; [`Ruleset::full_sync`]:
+//!   the full rewrite. A [`Transaction`] prints as `nft -f` text (golden files).
+//! - [`model`]: a model of the kernel table that applies transactions (property tests).
+//! - [`NftApply`]: where transactions go ([`NetlinkApplier`] sends nf_tables netlink batches,
+//!   falling back to [`NftCli`], which runs `nft -f -`; [`RecordingApplier`] is a fake).
 //! - [`Syncer`]: keeps the last applied state and decides full vs incremental sync.
 //! - [`run`] / [`ProxyArgs`]: the controller (`dari proxy --kubeconfig K --node-name N`).
 
 pub mod apply;
 pub mod config;
 pub mod error;
+pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod render;
 pub mod server;
@@ -23,7 +27,8 @@ pub mod sync;
 pub use apply::{NftApply, NftCli, RecordingApplier};
 pub use config::{NodeFacts, ProxyConfig};
 pub use error::ProxyError;
-pub use nft::{Family, Ruleset};
+pub use netlink::NetlinkApplier;
+pub use nft::{plan, Family, Op, Ruleset, Transaction};
 pub use render::render;
 pub use server::{run, show_from_api, ProxyArgs, ProxyRunConfig, ProxyServer};
 pub use show::show;

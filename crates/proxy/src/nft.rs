@@ -6,8 +6,10 @@
 //! - [`Ruleset::full_sync_script`]: the whole desired state in one transaction, kube-proxy style
 //!   (add+flush every chain and static set, delete what the kernel has but we don't want).
 //!   Affinity sets (dynamic, with timeouts) are *not* flushed, so a resync keeps clients pinned.
-//! - [`Ruleset::diff_script`]: only what changed between two desired states (map elements,
-//!   changed chains, new and deleted objects).
+//! - [`plan`]: only what changed between two desired states (map elements, changed chains, new
+//!   and deleted objects), as a structured [`Transaction`] of [`Op`]s ([`Ruleset::diff_script`]
+//!   is its text). [`crate::model::Model`] applies transactions with the kernel's checks; the
+//!   property tests apply `plan(prev, next)` to a model of `prev` and expect `next`.
 //!
 //! Rules are kept as nft text (one rule per string, nftables 1.0.6 syntax), which keeps the
 //! renderer readable and the diff cheap (chains compare as `Vec<String>`).
@@ -260,190 +262,312 @@ impl Ruleset {
     /// kernel has that `self` does not are flushed and deleted. Affinity (dynamic) sets keep their
     /// elements. Other tables are never touched.
     pub fn full_sync_script(&self, existing: &BTreeMap<Family, ExistingObjects>) -> String {
-        let mut out = String::new();
+        self.full_sync(existing).to_string()
+    }
+
+    /// The structured form of [`Ruleset::full_sync_script`].
+    pub fn full_sync(&self, existing: &BTreeMap<Family, ExistingObjects>) -> Transaction {
+        let mut tx = Transaction::default();
         for t in &self.tables {
-            let p = t.prefix();
+            let at = TableRef { family: t.family, name: t.name.clone() };
             let empty = ExistingObjects::default();
             let ex = existing.get(&t.family).unwrap_or(&empty);
-            let _ = writeln!(out, "add table {p}");
+            tx.ops.push(Op::AddTable(at.clone()));
             for s in t.sets.values() {
-                let _ = writeln!(out, "add {} {p} {} {{ {} }}", s.kind(), s.name, s.definition());
+                tx.ops.push(Op::AddSet(at.clone(), set_def(s)));
                 if !s.dynamic {
-                    let _ = writeln!(out, "flush {} {p} {}", s.kind(), s.name);
+                    tx.ops.push(Op::FlushSet(at.clone(), s.name.clone(), s.is_map));
                 }
             }
             for c in &t.chains {
-                add_chain(&mut out, &p, c);
-                let _ = writeln!(out, "flush chain {p} {}", c.name);
+                tx.ops.push(Op::AddChain(at.clone(), c.name.clone(), c.hook.clone()));
+                tx.ops.push(Op::FlushChain(at.clone(), c.name.clone()));
             }
             let wanted = t.chain_map();
             let stale_chains: Vec<&String> =
                 ex.chains.iter().filter(|c| !wanted.contains_key(c.as_str())).collect();
             for c in &stale_chains {
-                let _ = writeln!(out, "flush chain {p} {c}");
+                tx.ops.push(Op::FlushChain(at.clone(), (*c).clone()));
             }
             for c in &t.chains {
-                add_rules(&mut out, &p, c);
+                push_rules(&mut tx, &at, c);
             }
             for s in t.sets.values() {
                 if !s.dynamic {
-                    add_elements(&mut out, &p, s, s.elements.iter());
+                    push_elements(&mut tx, &at, s, s.elements.iter());
                 }
             }
             for c in &stale_chains {
-                let _ = writeln!(out, "delete chain {p} {c}");
+                tx.ops.push(Op::DeleteChain(at.clone(), (*c).clone()));
             }
             for s in ex.sets.iter().filter(|s| !t.sets.contains_key(*s)) {
-                // `delete set` also deletes maps on nft 1.0.6.
-                let _ = writeln!(out, "delete set {p} {s}");
+                tx.ops.push(Op::DeleteSet(at.clone(), s.clone()));
             }
         }
-        out
+        tx
     }
 
     /// One `nft -f` transaction that turns the kernel state `old` (as last applied) into `self`,
     /// touching only what changed. Returns an empty string when nothing changed.
     pub fn diff_script(&self, old: &Ruleset) -> String {
-        let mut out = String::new();
-        for t in &self.tables {
-            let p = t.prefix();
-            let Some(o) = old.table(t.family) else {
-                out.push_str(&self_only(t).full_sync_script(&BTreeMap::new()));
-                continue;
-            };
-            let old_chains = o.chain_map();
-            let new_chains = t.chain_map();
-            // 1. new sets, and sets whose definition changed (re-created).
-            let mut recreated = Vec::new();
-            for s in t.sets.values() {
-                match o.sets.get(&s.name) {
-                    None => {
-                        let _ = writeln!(out, "add {} {p} {} {{ {} }}", s.kind(), s.name, s.definition());
-                    }
-                    Some(os) if os.definition() != s.definition() || os.is_map != s.is_map => {
-                        recreated.push(s);
-                    }
-                    Some(_) => {}
-                }
-            }
-            // 2. new chains.
-            for c in &t.chains {
-                if !old_chains.contains_key(c.name.as_str()) {
-                    add_chain(&mut out, &p, c);
-                }
-            }
-            // 3. changed chains: flush (refilled below). Removed chains: flush now, delete later.
-            let changed: Vec<&Chain> = t
-                .chains
-                .iter()
-                .filter(|c| old_chains.get(c.name.as_str()).is_some_and(|oc| oc.rules != c.rules))
-                .collect();
-            for c in &changed {
-                let _ = writeln!(out, "flush chain {p} {}", c.name);
-            }
-            let removed: Vec<&Chain> =
-                o.chains.iter().filter(|c| !new_chains.contains_key(c.name.as_str())).collect();
-            for c in &removed {
-                let _ = writeln!(out, "flush chain {p} {}", c.name);
-            }
-            // Sets being re-created may be referenced by rules that were just flushed.
-            for s in &recreated {
-                let _ = writeln!(out, "delete set {p} {}", s.name);
-                let _ = writeln!(out, "add {} {p} {} {{ {} }}", s.kind(), s.name, s.definition());
-            }
-            // 4. rules of new and changed chains.
-            for c in &t.chains {
-                let is_new = !old_chains.contains_key(c.name.as_str());
-                if is_new || changed.iter().any(|x| x.name == c.name) {
-                    add_rules(&mut out, &p, c);
-                }
-            }
-            // 5. element changes of static sets.
-            for s in t.sets.values().filter(|s| !s.dynamic) {
-                let fresh = !o.sets.contains_key(&s.name) || recreated.iter().any(|r| r.name == s.name);
-                if fresh {
-                    add_elements(&mut out, &p, s, s.elements.iter());
-                    continue;
-                }
-                let Some(os) = o.sets.get(&s.name) else { continue };
-                let gone: Vec<(&String, &Option<String>)> = os
-                    .elements
-                    .iter()
-                    .filter(|(k, v)| s.elements.get(*k) != Some(*v))
-                    .collect();
-                if !gone.is_empty() {
-                    let keys: Vec<&str> = gone.iter().map(|(k, _)| k.as_str()).collect();
-                    let _ = writeln!(out, "delete element {p} {} {{ {} }}", s.name, keys.join(", "));
-                }
-                let added = s.elements.iter().filter(|(k, v)| os.elements.get(*k) != Some(*v));
-                add_elements(&mut out, &p, s, added);
-            }
-            // 6. deletions, after every reference to them is gone.
-            for c in &removed {
-                let _ = writeln!(out, "delete chain {p} {}", c.name);
-            }
-            for s in o.sets.values().filter(|s| !t.sets.contains_key(&s.name)) {
-                let _ = writeln!(out, "delete set {p} {}", s.name);
-            }
-        }
-        for o in &old.tables {
-            if self.table(o.family).is_none() {
-                let _ = writeln!(out, "delete table {}", o.prefix());
-            }
-        }
-        out
+        plan(old, self).to_string()
     }
 
-    /// Total number of chains over all tables.
+        /// Total number of chains over all tables.
     pub fn chain_count(&self) -> usize {
         self.tables.iter().map(|t| t.chains.len()).sum()
     }
 }
 
-fn self_only(t: &Table) -> Ruleset {
-    Ruleset { tables: vec![t.clone()] }
+
+/// Which table an [`Op`] works on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableRef {
+    /// Family of the table.
+    pub family: Family,
+    /// Table name.
+    pub name: String,
 }
 
-fn add_chain(out: &mut String, p: &str, c: &Chain) {
-    match &c.hook {
-        Some(h) => {
-            let _ = writeln!(
-                out,
-                "add chain {p} {} {{ type {} hook {} priority {}; policy accept; }}",
-                c.name, h.kind, h.hook, h.priority
-            );
-        }
-        None => {
-            let _ = writeln!(out, "add chain {p} {}", c.name);
-        }
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.family, self.name)
     }
 }
 
-fn add_rules(out: &mut String, p: &str, c: &Chain) {
+/// One command of a [`Transaction`] (one line of `nft -f` text; one netlink message, or a few).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `add table`.
+    AddTable(TableRef),
+    /// `delete table`.
+    DeleteTable(TableRef),
+    /// `add chain` (a base chain when the hook is given).
+    AddChain(TableRef, String, Option<Hook>),
+    /// `flush chain`: delete every rule of the chain.
+    FlushChain(TableRef, String),
+    /// `delete chain` (the chain must be empty of references by then).
+    DeleteChain(TableRef, String),
+    /// `add rule TABLE CHAIN RULE` (append).
+    AddRule(TableRef, String, String),
+    /// `add set|map` with this definition (elements of the [`Set`] are ignored).
+    AddSet(TableRef, Set),
+    /// `flush set|map NAME` (the bool: is a map).
+    FlushSet(TableRef, String, bool),
+    /// `delete set NAME` (also deletes maps).
+    DeleteSet(TableRef, String),
+    /// `add element`: the set (definition, for its key type) and the elements, key -> value.
+    AddElements(TableRef, Set, Vec<(String, Option<String>)>),
+    /// `delete element`: the set and the keys.
+    DeleteElements(TableRef, Set, Vec<String>),
+}
+
+/// An ordered list of [`Op`]s applied as one atomic transaction. `Display` prints the `nft -f`
+/// text (golden files); [`crate::netlink::NetlinkApplier`] sends it as one netlink batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    /// The commands, in order.
+    pub ops: Vec<Op>,
+}
+
+impl Transaction {
+    /// No commands.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+impl fmt::Display for Transaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for op in &self.ops {
+            match op {
+                Op::AddTable(t) => writeln!(f, "add table {t}")?,
+                Op::DeleteTable(t) => writeln!(f, "delete table {t}")?,
+                Op::AddChain(t, c, None) => writeln!(f, "add chain {t} {c}")?,
+                Op::AddChain(t, c, Some(h)) => writeln!(
+                    f,
+                    "add chain {t} {c} {{ type {} hook {} priority {}; policy accept; }}",
+                    h.kind, h.hook, h.priority
+                )?,
+                Op::FlushChain(t, c) => writeln!(f, "flush chain {t} {c}")?,
+                Op::DeleteChain(t, c) => writeln!(f, "delete chain {t} {c}")?,
+                Op::AddRule(t, c, r) => writeln!(f, "add rule {t} {c} {r}")?,
+                Op::AddSet(t, s) => writeln!(f, "add {} {t} {} {{ {} }}", s.kind(), s.name, s.definition())?,
+                Op::FlushSet(t, s, is_map) => {
+                    writeln!(f, "flush {} {t} {s}", if *is_map { "map" } else { "set" })?
+                }
+                // `delete set` also deletes maps on nft 1.0.6.
+                Op::DeleteSet(t, s) => writeln!(f, "delete set {t} {s}")?,
+                Op::AddElements(t, s, elements) => {
+                    // Batches keep lines short enough for nft's parser and readable in logs.
+                    for chunk in elements.chunks(256) {
+                        let items: Vec<String> = chunk.iter().map(|(k, v)| s.element_text(k, v)).collect();
+                        writeln!(f, "add element {t} {} {{ {} }}", s.name, items.join(", "))?;
+                    }
+                }
+                Op::DeleteElements(t, s, keys) => {
+                    for chunk in keys.chunks(256) {
+                        writeln!(f, "delete element {t} {} {{ {} }}", s.name, chunk.join(", "))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_def(s: &Set) -> Set {
+    Set { elements: BTreeMap::new(), ..s.clone() }
+}
+
+fn push_rules(tx: &mut Transaction, t: &TableRef, c: &Chain) {
     for r in &c.rules {
-        let _ = writeln!(out, "add rule {p} {} {r}", c.name);
+        tx.ops.push(Op::AddRule(t.clone(), c.name.clone(), r.clone()));
     }
 }
 
-fn add_elements<'a>(
-    out: &mut String,
-    p: &str,
+fn push_elements<'a>(
+    tx: &mut Transaction,
+    t: &TableRef,
     s: &Set,
     elements: impl Iterator<Item = (&'a String, &'a Option<String>)>,
 ) {
-    // Batches keep lines short enough for nft's parser and readable in logs.
-    let mut batch: Vec<String> = Vec::new();
-    let flush = |out: &mut String, batch: &mut Vec<String>| {
-        if !batch.is_empty() {
-            let _ = writeln!(out, "add element {p} {} {{ {} }}", s.name, batch.join(", "));
-            batch.clear();
+    let elements: Vec<(String, Option<String>)> = elements.map(|(k, v)| (k.clone(), v.clone())).collect();
+    if !elements.is_empty() {
+        tx.ops.push(Op::AddElements(t.clone(), set_def(s), elements));
+    }
+}
+
+/// Does `rule` mention the set `@name` (as a whole word)?
+fn references_set(rule: &str, name: &str) -> bool {
+    rule.match_indices('@').any(|(i, _)| {
+        let rest = &rule[i + 1..];
+        rest.strip_prefix(name).is_some_and(|after| after.is_empty() || after.starts_with([' ', ',', '}']))
+    })
+}
+
+/// An Fx-style hasher (8 bytes per step): chain names are trusted input, and SipHash over
+/// 110,000 names is a visible part of a 10,000-Service plan.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
         }
-    };
-    for (k, v) in elements {
-        batch.push(s.element_text(k, v));
-        if batch.len() >= 256 {
-            flush(out, &mut batch);
+        for b in chunks.remainder() {
+            h = (h.rotate_left(5) ^ u64::from(*b)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+}
+
+/// The transaction that turns the kernel state `prev` (as last applied) into `next`, touching only
+/// what changed: new objects are added, changed chains are flushed and refilled, map and set
+/// elements are added and deleted one by one, and removed chains and sets are deleted last, after
+/// every rule and element that referenced them is gone (nft refuses to delete a chain in use).
+/// Pure; empty when nothing changed. Dynamic (affinity) sets keep their elements.
+pub fn plan(prev: &Ruleset, next: &Ruleset) -> Transaction {
+    type HashMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+    type HashSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<Fnv>>;
+    let mut tx = Transaction::default();
+    for t in &next.tables {
+        let at = TableRef { family: t.family, name: t.name.clone() };
+        let Some(o) = prev.tables.iter().find(|o| o.family == t.family && o.name == t.name) else {
+            tx.ops.extend(Ruleset { tables: vec![t.clone()] }.full_sync(&BTreeMap::new()).ops);
+            continue;
+        };
+        let old_chains: HashMap<&str, &Chain> = o.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+        let new_names: HashSet<&str> = t.chains.iter().map(|c| c.name.as_str()).collect();
+        // 1. new sets, and sets whose definition changed (re-created).
+        let mut recreated: Vec<&Set> = Vec::new();
+        for s in t.sets.values() {
+            match o.sets.get(&s.name) {
+                None => tx.ops.push(Op::AddSet(at.clone(), set_def(s))),
+                Some(os) if os.definition() != s.definition() || os.is_map != s.is_map => recreated.push(s),
+                Some(_) => {}
+            }
+        }
+        // 2. new chains.
+        for c in &t.chains {
+            if !old_chains.contains_key(c.name.as_str()) {
+                tx.ops.push(Op::AddChain(at.clone(), c.name.clone(), c.hook.clone()));
+            }
+        }
+        // 3. changed chains (and chains using a re-created set): flush, refilled below.
+        //    Removed chains: flush now, delete at the end.
+        let changed: HashSet<&str> = t
+            .chains
+            .iter()
+            .filter(|c| {
+                old_chains.get(c.name.as_str()).is_some_and(|oc| {
+                    oc.rules != c.rules
+                        || recreated.iter().any(|s| oc.rules.iter().any(|r| references_set(r, &s.name)))
+                })
+            })
+            .map(|c| c.name.as_str())
+            .collect();
+        for c in t.chains.iter().filter(|c| changed.contains(c.name.as_str())) {
+            tx.ops.push(Op::FlushChain(at.clone(), c.name.clone()));
+        }
+        let removed: Vec<&Chain> = o.chains.iter().filter(|c| !new_names.contains(c.name.as_str())).collect();
+        for c in &removed {
+            tx.ops.push(Op::FlushChain(at.clone(), c.name.clone()));
+        }
+        // Sets being re-created may be referenced by rules that were just flushed.
+        for s in &recreated {
+            tx.ops.push(Op::DeleteSet(at.clone(), s.name.clone()));
+            tx.ops.push(Op::AddSet(at.clone(), set_def(s)));
+        }
+        // 4. rules of new and changed chains.
+        for c in &t.chains {
+            if !old_chains.contains_key(c.name.as_str()) || changed.contains(c.name.as_str()) {
+                push_rules(&mut tx, &at, c);
+            }
+        }
+        // 5. element changes of static sets: changed values are deleted, then added.
+        for s in t.sets.values().filter(|s| !s.dynamic) {
+            let fresh = !o.sets.contains_key(&s.name) || recreated.iter().any(|r| r.name == s.name);
+            if fresh {
+                push_elements(&mut tx, &at, s, s.elements.iter());
+                continue;
+            }
+            let Some(os) = o.sets.get(&s.name) else { continue };
+            if os.elements == s.elements {
+                continue;
+            }
+            let gone: Vec<String> = os
+                .elements
+                .iter()
+                .filter(|(k, v)| s.elements.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !gone.is_empty() {
+                tx.ops.push(Op::DeleteElements(at.clone(), set_def(s), gone));
+            }
+            push_elements(&mut tx, &at, s, s.elements.iter().filter(|(k, v)| os.elements.get(*k) != Some(*v)));
+        }
+        // 6. deletions, after every reference to them is gone.
+        for c in &removed {
+            tx.ops.push(Op::DeleteChain(at.clone(), c.name.clone()));
+        }
+        for s in o.sets.values().filter(|s| !t.sets.contains_key(&s.name)) {
+            tx.ops.push(Op::DeleteSet(at.clone(), s.name.clone()));
         }
     }
-    flush(out, &mut batch);
+    for o in &prev.tables {
+        if !next.tables.iter().any(|t| t.family == o.family && t.name == o.name) {
+            tx.ops.push(Op::DeleteTable(TableRef { family: o.family, name: o.name.clone() }));
+        }
+    }
+    tx
 }

@@ -16,7 +16,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::{Mutex, Notify};
 
-use crate::apply::{NftApply, NftCli};
+use crate::apply::NftApply;
+use crate::netlink::NetlinkApplier;
 use crate::config::{NodeFacts, ProxyConfig};
 use crate::error::ProxyError;
 use crate::render::render;
@@ -101,7 +102,10 @@ impl From<ProxyArgs> for ProxyRunConfig {
 /// Runs the proxy until a watch fails for good or the task is cancelled.
 pub async fn run(cfg: ProxyRunConfig) -> Result<(), ProxyError> {
     let client = client_from(cfg.kubeconfig.as_deref()).await?;
-    let applier: Arc<dyn NftApply> = Arc::new(NftCli { netns: cfg.netns.clone() });
+    let applier: Arc<dyn NftApply> = Arc::new(match &cfg.netns {
+        Some(ns) => NetlinkApplier::in_netns(ns.clone()),
+        None => NetlinkApplier::new(),
+    });
     let conntrack: Arc<dyn ConntrackFlush> = Arc::new(ConntrackCli { netns: cfg.netns.clone() });
     ProxyServer {
         client,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::apply::NftApply;
 use crate::error::ProxyError;
-use crate::nft::Ruleset;
+use crate::nft::{plan, Op, Ruleset, Transaction};
 
 /// What a sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,10 +29,14 @@ pub enum SyncKind {
 pub struct SyncOutcome {
     /// Full, incremental or nothing.
     pub kind: SyncKind,
-    /// Lines in the transaction sent.
+    /// Commands in the transaction sent.
     pub lines: usize,
     /// UDP endpoints (ip, port) that disappeared: their conntrack entries should be deleted.
     pub stale_udp_endpoints: Vec<(IpAddr, u16)>,
+    /// Time to compute the transaction (diff, or listing + full script).
+    pub plan_time: std::time::Duration,
+    /// Time the applier took (netlink batch or `nft -f`).
+    pub apply_time: std::time::Duration,
 }
 
 /// Keeps the kernel's `dari` tables equal to the desired ruleset.
@@ -57,30 +61,45 @@ impl Syncer {
     pub fn sync(&mut self, desired: Ruleset, full: bool) -> Result<SyncOutcome, ProxyError> {
         let span = tracing::info_span!("proxy_sync", full, chains = desired.chain_count());
         let _guard = span.enter();
-        let stale_udp_endpoints =
-            self.last.as_ref().map(|old| stale_udp_endpoints(old, &desired)).unwrap_or_default();
-        let (kind, script) = match (&self.last, full) {
+        let t0 = std::time::Instant::now();
+        let (kind, tx) = match (&self.last, full) {
             (Some(old), false) => {
-                let script = desired.diff_script(old);
-                if script.is_empty() {
-                    return Ok(SyncOutcome { kind: SyncKind::Unchanged, lines: 0, stale_udp_endpoints });
+                let tx = plan(old, &desired);
+                if tx.is_empty() {
+                    return Ok(SyncOutcome {
+                        kind: SyncKind::Unchanged,
+                        lines: 0,
+                        stale_udp_endpoints: Vec::new(),
+                        plan_time: t0.elapsed(),
+                        apply_time: std::time::Duration::ZERO,
+                    });
                 }
-                (SyncKind::Incremental, script)
+                (SyncKind::Incremental, tx)
             }
             _ => {
                 let mut existing = BTreeMap::new();
                 for t in &desired.tables {
                     existing.insert(t.family, self.applier.list_objects(t.family, &t.name)?);
                 }
-                (SyncKind::Full, desired.full_sync_script(&existing))
+                (SyncKind::Full, desired.full_sync(&existing))
             }
         };
-        let lines = script.lines().count();
-        match self.applier.apply(&script) {
+        // Incremental: only the endpoint chains this transaction deletes can be stale (cheap);
+        // full: compare everything (rare).
+        let stale_udp_endpoints = match (&self.last, &kind) {
+            (Some(_), SyncKind::Incremental) => stale_udp_endpoints_of_plan(&tx, &desired),
+            (Some(old), _) => stale_udp_endpoints(old, &desired),
+            (None, _) => Vec::new(),
+        };
+        let plan_time = t0.elapsed();
+        let lines = tx.ops.len();
+        let t1 = std::time::Instant::now();
+        match self.applier.apply_tx(&tx) {
             Ok(()) => {
-                tracing::debug!(?kind, lines, "applied");
+                let apply_time = t1.elapsed();
+                tracing::debug!(?kind, lines, ?plan_time, ?apply_time, "applied");
                 self.last = Some(desired);
-                Ok(SyncOutcome { kind, lines, stale_udp_endpoints })
+                Ok(SyncOutcome { kind, lines, stale_udp_endpoints, plan_time, apply_time })
             }
             Err(e) => {
                 self.last = None;
@@ -102,6 +121,29 @@ pub fn stale_udp_endpoints(old: &Ruleset, new: &Ruleset) -> Vec<(IpAddr, u16)> {
     };
     let now = endpoints(new);
     endpoints(old).difference(&now).copied().collect()
+}
+
+/// UDP endpoints whose chains `tx` deletes and that no chain of `new` still uses.
+pub fn stale_udp_endpoints_of_plan(tx: &Transaction, new: &Ruleset) -> Vec<(IpAddr, u16)> {
+    let candidates: BTreeSet<(IpAddr, u16)> = tx
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::DeleteChain(_, c) => parse_udp_endpoint_chain(c),
+            _ => None,
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let still: BTreeSet<(IpAddr, u16)> = new
+        .tables
+        .iter()
+        .flat_map(|t| t.chains.iter())
+        .filter_map(|c| parse_udp_endpoint_chain(&c.name))
+        .filter(|e| candidates.contains(e))
+        .collect();
+    candidates.difference(&still).copied().collect()
 }
 
 fn parse_udp_endpoint_chain(name: &str) -> Option<(IpAddr, u16)> {
@@ -152,5 +194,38 @@ impl ConntrackFlush for ConntrackCli {
                 netns: self.netns.clone(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::apply::RecordingApplier;
+    use crate::nft::{Chain, Family, Table};
+
+    fn rs(endpoint_chains: &[&str]) -> Ruleset {
+        let mut t = Table::new(Family::Ip, "dari");
+        t.chains = endpoint_chains.iter().map(|c| Chain::new(*c, vec!["meta l4proto udp dnat to 10.1.1.1:53".into()])).collect();
+        Ruleset { tables: vec![t] }
+    }
+
+    #[test]
+    fn removed_udp_endpoints_are_reported_unless_still_used() {
+        let mut s = Syncer::new(Arc::new(RecordingApplier::default()));
+        let a = "ep-kube-system/dns/udp/dns__10.10.0.5/53";
+        let b = "ep-kube-system/dns/udp/dns__10.10.0.6/53";
+        let other = "ep-kube-system/dns2/udp/dns__10.10.0.6/53";
+        let tcp = "ep-kube-system/dns/tcp/dns-tcp__10.10.0.7/53";
+        assert!(s.sync(rs(&[a, b, other, tcp]), false).unwrap().stale_udp_endpoints.is_empty());
+        // a goes away; b's chain goes but 10.10.0.6:53 still serves dns2; TCP is not UDP.
+        let out = s.sync(rs(&[other]), false).unwrap();
+        assert_eq!(out.kind, SyncKind::Incremental);
+        assert_eq!(out.stale_udp_endpoints, vec![("10.10.0.5".parse().unwrap(), 53)]);
+        // The same on a full sync.
+        let mut s = Syncer::new(Arc::new(RecordingApplier::default()));
+        s.sync(rs(&[a, b, other, tcp]), true).unwrap();
+        let out = s.sync(rs(&[other]), true).unwrap();
+        assert_eq!(out.stale_udp_endpoints, vec![("10.10.0.5".parse().unwrap(), 53)]);
     }
 }

@@ -227,3 +227,29 @@ fn clusterip_numgen_vmap_layout() {
     let cfg = ProxyConfig { numgen_vmap: true, ..cfg() };
     golden("clusterip-numgen-vmap.nft", &v4(&render(&[s], &[e], &node(), &cfg)));
 }
+
+/// `plan` when a Service with affinity goes away and another one's affinity timeout changes:
+/// map elements go first, chains are flushed before and deleted after, affinity sets are deleted
+/// once no rule uses them, and a re-created set's users are flushed and rewritten.
+#[test]
+fn plan_remove_service_and_change_affinity() {
+    let (s, e) = seed003();
+    let gone = with_affinity(service("default", "gone", "10.200.1.70", &[tcp("http", 80, 80)]), Some(60));
+    let gone_eps = slice("default", "gone", "x", &[("http", "TCP", 80)], &[("10.10.7.7", "myk8s-worker", Cond::Ready)]);
+    let before = r(&[with_affinity(s.clone(), Some(100)), gone], &[e.clone(), gone_eps]);
+    let after = r(&[with_affinity(s, Some(200))], &[e]);
+    let tx = dari_proxy::plan(&before, &after);
+    golden("diff-remove-service-change-affinity.nft", &tx.to_string());
+    // The model of the kernel accepts it and ends where a fresh load of `after` is.
+    let mut m = dari_proxy::model::Model::of(&before);
+    m.apply(&tx).unwrap();
+    assert_eq!(m, dari_proxy::model::Model::of(&after));
+    // The same ops with the chain deletions first are refused (the chain is still referenced).
+    let (dels, rest): (Vec<_>, Vec<_>) =
+        tx.ops.iter().cloned().partition(|op| matches!(op, dari_proxy::Op::DeleteChain(..)));
+    let bad = dari_proxy::Transaction { ops: dels.into_iter().chain(rest).collect() };
+    let mut m = dari_proxy::model::Model::of(&before);
+    let err = m.apply(&bad).unwrap_err();
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(m, dari_proxy::model::Model::of(&before), "a refused transaction changes nothing");
+}

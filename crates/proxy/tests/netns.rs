@@ -27,6 +27,7 @@ use dari_proxy::sync::{SyncKind, Syncer};
 use dari_proxy::{render, NftApply, NftCli, NodeFacts, ProxyConfig, Ruleset};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 fn require_root_and_tools() {
     assert!(nix::unistd::geteuid().is_root(), "tests/netns.rs needs root (network namespaces, nftables)");
@@ -418,4 +419,148 @@ fn nft_accepts_golden_files() {
         n += 1;
     }
     assert!(n >= 8, "only {n} golden files checked");
+}
+
+/// Incremental syncs sent as netlink batches leave the kernel exactly as `nft -f` of the full
+/// ruleset does (same `nft -j list` output), and they really went through netlink.
+#[test]
+fn netlink_incremental_equals_nft_full_load() {
+    use dari_proxy::NetlinkApplier;
+    require_root_and_tools();
+    let a = Netns::new("nla");
+    let b = Netns::new("nlb");
+    let objs = |pods: &[&str], udp_pods: &[&str], extra: bool| -> Ruleset {
+        let seed = service("default", "svc-clusterip", "10.200.1.10", &[tcp("svc-webport", 9000, 80)]);
+        let empty = service("default", "svc-empty", "10.200.1.12", &[tcp("http", 80, 80)]);
+        let np = with_type(service("default", "svc-np", "10.200.1.13", &[tcp("svc-webport", 9000, 80)]), "NodePort", &[30090]);
+        let dns = service("default", "dns", "10.200.1.14", &[("dns", "UDP", 53, IntOrString::Int(5353))]);
+        let mut svcs = vec![seed, empty, np, dns];
+        let udp: Vec<(&str, &str, Cond)> = udp_pods.iter().map(|p| (*p, "myk8s-worker", Cond::Ready)).collect();
+        let mut slices = vec![
+            webpods_slice("svc-clusterip", pods),
+            webpods_slice("svc-np", pods),
+            slice("default", "dns", "x", &[("dns", "UDP", 5353)], &udp),
+        ];
+        if extra {
+            svcs.push(service("default", "added", "10.200.1.99", &[tcp("http", 80, 8080)]));
+            slices.push(slice("default", "added", "x", &[("http", "TCP", 8080)], &[("10.10.0.50", "n", Cond::Ready)]));
+        }
+        render(&svcs, &slices, &node_facts(), &proxy_cfg())
+    };
+    let applier = Arc::new(NetlinkApplier::in_netns(a.path()));
+    let mut inc = Syncer::new(applier.clone());
+    let steps: Vec<Ruleset> = vec![
+        objs(&["10.10.0.11", "10.10.0.12", "10.10.0.13"], &["10.10.0.11"], false),
+        objs(&["10.10.0.11", "10.10.0.12", "10.10.0.13"], &["10.10.0.11"], true),
+        objs(&["10.10.0.11", "10.10.0.13"], &["10.10.0.11", "10.10.0.12"], true),
+        objs(&[], &[], false),
+        objs(&["10.10.0.15"], &["10.10.0.16"], true),
+    ];
+    for (i, rs) in steps.into_iter().enumerate() {
+        let out = inc.sync(rs.clone(), false).unwrap_or_else(|e| panic!("step {i}: {e}"));
+        assert_eq!(out.kind, if i == 0 { SyncKind::Full } else { SyncKind::Incremental }, "step {i}");
+        b.exec("nft add table ip dari");
+        b.exec("nft delete table ip dari");
+        b.exec("nft add table ip6 dari");
+        b.exec("nft delete table ip6 dari");
+        let mut full = Syncer::new(Arc::new(NftCli::in_netns(b.path())));
+        full.sync(rs, true).unwrap_or_else(|e| panic!("full {i}: {e}"));
+        assert_eq!(normalized(&a), normalized(&b), "step {i}: netlink-applied state differs from nft -f");
+    }
+    let (netlink, cli) = applier.counts();
+    assert_eq!(netlink, 4, "every incremental step went through netlink ({cli} nft -f fallbacks)");
+    // A rejected batch changes nothing and is reported: deleting a chain still in use.
+    let before = normalized(&a);
+    let t = dari_proxy::nft::TableRef { family: dari_proxy::Family::Ip, name: "dari".into() };
+    let bad = dari_proxy::Transaction {
+        ops: vec![
+            dari_proxy::Op::AddChain(t.clone(), "fresh".into(), None),
+            dari_proxy::Op::DeleteChain(t, "mark-for-masquerade".into()),
+        ],
+    };
+    let err = applier.apply_tx(&bad).expect_err("deleting a referenced chain must fail");
+    assert!(err.to_string().contains("busy"), "{err}");
+    assert_eq!(normalized(&a), before, "a failed batch must leave nothing behind");
+}
+
+/// The kernel accepts `plan`'s deletion order (elements before chains, users of a re-created
+/// affinity set rewritten) and ends where a fresh load of the new state is.
+#[test]
+fn kernel_accepts_plan_deleting_service_and_recreating_sets() {
+    require_root_and_tools();
+    let a = Netns::new("pla");
+    let b = Netns::new("plb");
+    let (s, e) = (
+        service("default", "svc-clusterip", "10.200.1.10", &[tcp("svc-webport", 9000, 80)]),
+        webpods_slice("svc-clusterip", &["10.10.0.11", "10.10.0.12"]),
+    );
+    let gone = with_affinity(service("default", "gone", "10.200.1.70", &[tcp("http", 80, 80)]), Some(60));
+    let gone_eps = slice("default", "gone", "x", &[("http", "TCP", 80)], &[("10.10.7.7", "n", Cond::Ready)]);
+    let before = render(&[with_affinity(s.clone(), Some(100)), gone], &[e.clone(), gone_eps], &node_facts(), &proxy_cfg());
+    let after = render(&[with_affinity(s, Some(200))], &[e], &node_facts(), &proxy_cfg());
+    let cli = NftCli::in_netns(a.path());
+    cli.apply(&before.full_sync_script(&Default::default())).expect("load before");
+    let tx = dari_proxy::plan(&before, &after);
+    cli.apply(&tx.to_string()).unwrap_or_else(|e| panic!("kernel refused the plan: {e}\n{tx}"));
+    NftCli::in_netns(b.path()).apply(&after.full_sync_script(&Default::default())).expect("load after");
+    assert_eq!(normalized(&a), normalized(&b));
+}
+
+/// A UDP endpoint that goes away: the Syncer reports it and the conntrack cleanup deletes the
+/// client -> ClusterIP flow it answered (otherwise the client keeps sending into a black hole).
+#[test]
+fn removed_udp_endpoint_conntrack_entries_are_deleted() {
+    use dari_proxy::sync::{ConntrackCli, ConntrackFlush};
+    use dari_proxy::NetlinkApplier;
+    require_root_and_tools();
+    let node = Netns::new("ctn");
+    let pod = Netns::new("ctp");
+    sh(&format!("ip -n {} link add veth0 type veth peer name eth0 netns {}", node.name, pod.name));
+    node.exec("ip addr add 10.10.0.1/24 dev veth0");
+    node.exec("ip link set veth0 up");
+    pod.exec("ip addr add 10.10.0.11/24 dev eth0");
+    pod.exec("ip link set eth0 up");
+    // A route for the ClusterIP range inside the node netns (the test's own namespace).
+    node.exec("ip route add 10.200.0.0/16 via 10.10.0.11");
+    let (tx, rx) = std::sync::mpsc::channel();
+    pod.spawn(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:5353").expect("bind udp");
+        let _ = tx.send(());
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("udp server");
+    let svc = service("kube-system", "dns", "10.200.1.14", &[("dns", "UDP", 53, IntOrString::Int(5353))]);
+    let eps = |addrs: &[&str]| {
+        let e: Vec<(&str, &str, Cond)> = addrs.iter().map(|a| (*a, "n", Cond::Ready)).collect();
+        slice("kube-system", "dns", "x", &[("dns", "UDP", 5353)], &e)
+    };
+    let mut syncer = Syncer::new(Arc::new(NetlinkApplier::in_netns(node.path())));
+    let with = render(std::slice::from_ref(&svc), &[eps(&["10.10.0.11"])], &node_facts(), &proxy_cfg());
+    syncer.sync(with, false).expect("full sync");
+    let reply = node
+        .spawn(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("client socket");
+            s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            s.send_to(b"ping", "10.200.1.14:53").expect("send");
+            let mut buf = [0u8; 16];
+            s.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec())
+        })
+        .join()
+        .expect("client thread");
+    assert_eq!(reply.expect("reply through the ClusterIP"), b"ping");
+    let listed = || node.exec("conntrack -L -p udp --orig-dst 10.200.1.14");
+    assert!(listed().contains("src=10.10.0.11"), "no DNATed UDP entry:\n{}", listed());
+    // The endpoint goes away (another one comes): reported as stale, cleaned up.
+    let without = render(std::slice::from_ref(&svc), &[eps(&["10.10.0.12"])], &node_facts(), &proxy_cfg());
+    let out = syncer.sync(without, false).expect("incremental sync");
+    assert_eq!(out.kind, SyncKind::Incremental);
+    assert_eq!(out.stale_udp_endpoints, vec![(ip("10.10.0.11"), 5353)]);
+    let ct = ConntrackCli { netns: Some(node.path().into()) };
+    for (addr, port) in out.stale_udp_endpoints {
+        ct.flush_udp_endpoint(addr, port).expect("conntrack -D");
+    }
+    assert!(!listed().contains("src=10.10.0.11"), "stale entry left:\n{}", listed());
 }

@@ -1,19 +1,28 @@
 //! Store benchmark (no harness): `cargo bench -p dari-store`.
 //!
-//! On a durable (fsync on commit) database in a temp dir, with ~1 KiB values:
+//! Runs the same suite on SQLite (durable: fsync on commit, in a temp dir) and on etcd (a
+//! single-member etcd 3.4 from `/usr/bin/etcd` started on loopback with its data in a temp dir,
+//! or the cluster at `DARI_BENCH_ETCD_ENDPOINTS=url,...`), with ~1 KiB values, then prints both
+//! side by side:
 //! - 10,000 sequential creates (one writer: every commit is one fsync);
 //! - 10,000 creates from 64 concurrent tasks (group commit);
 //! - get of random keys; list of all 10,000 keys at the current revision; the same list at a past
 //!   revision (history path), and paged by 500;
+//! - watch delivery latency: 10 watchers, 1,000 sequential creates; per event, the time from the
+//!   start of the write to its arrival at each watcher (p50/p99);
 //! - 100 watchers x 1,000 events.
 //!
-//! Set `DARI_STORE_BENCH_DIR` to put the database elsewhere (default: the system temp dir).
+//! Set `DARI_STORE_BENCH_DIR` to put the databases elsewhere (default: the system temp dir), and
+//! `DARI_BENCH_BACKENDS=sqlite` or `=etcd` to run only one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dari_store::{ListOptions, SqliteStore, Store};
+use dari_store::{EtcdConfig, EtcdStore, ListOptions, SqliteStore, Store};
 use futures::StreamExt;
+
+/// One measured operation: name, p50, p99, throughput (ops/s).
+type Row = (String, Duration, Duration, f64);
 
 fn pct(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
@@ -21,16 +30,17 @@ fn pct(samples: &mut [Duration], p: f64) -> Duration {
     samples[idx]
 }
 
-fn report(name: &str, samples: &mut [Duration], total: Duration) {
+fn report(rows: &mut Vec<Row>, name: &str, samples: &mut [Duration], total: Duration) {
     let n = samples.len();
     let p50 = pct(samples, 0.50);
     let p99 = pct(samples, 0.99);
     let max = pct(samples, 1.0);
+    let rate = n as f64 / total.as_secs_f64();
     println!(
-        "{name:<44} n={n:<6} total={:>9.1?}  p50={p50:>9.1?}  p99={p99:>9.1?}  max={max:>9.1?}  {:>9.0} ops/s",
+        "{name:<44} n={n:<6} total={:>9.1?}  p50={p50:>9.1?}  p99={p99:>9.1?}  max={max:>9.1?}  {rate:>9.0} ops/s",
         total,
-        n as f64 / total.as_secs_f64()
     );
+    rows.push((name.to_string(), p50, p99, rate));
 }
 
 fn value(i: usize) -> Vec<u8> {
@@ -41,17 +51,8 @@ fn value(i: usize) -> Vec<u8> {
     v
 }
 
-async fn bench() -> anyhow::Result<()> {
-    let dir = match std::env::var_os("DARI_STORE_BENCH_DIR") {
-        Some(d) => tempfile::tempdir_in(d)?,
-        None => tempfile::tempdir()?,
-    };
-    let store = Arc::new(SqliteStore::open(&dir.path().join("bench.sqlite"))?);
-    println!(
-        "database: {} (durable: fsync on every commit)",
-        dir.path().display()
-    );
-
+async fn bench(store: Arc<dyn Store>) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
     // 10,000 sequential creates.
     let mut samples = Vec::with_capacity(10_000);
     let start = Instant::now();
@@ -63,6 +64,7 @@ async fn bench() -> anyhow::Result<()> {
         samples.push(t.elapsed());
     }
     report(
+        &mut rows,
         "create, 1 writer (fsync each)",
         &mut samples,
         start.elapsed(),
@@ -91,6 +93,7 @@ async fn bench() -> anyhow::Result<()> {
         samples.extend(t.await??);
     }
     report(
+        &mut rows,
         "create, 64 concurrent writers (group commit)",
         &mut samples,
         start.elapsed(),
@@ -108,7 +111,7 @@ async fn bench() -> anyhow::Result<()> {
         samples.push(t.elapsed());
         anyhow::ensure!(kv.is_some());
     }
-    report("get", &mut samples, start.elapsed());
+    report(&mut rows, "get", &mut samples, start.elapsed());
 
     // Full list of 10,000 keys at the current revision.
     let mut samples = Vec::new();
@@ -125,6 +128,7 @@ async fn bench() -> anyhow::Result<()> {
         anyhow::ensure!(l.items.len() == 10_000 && l.count == 10_000);
     }
     report(
+        &mut rows,
         "list 10,000 (current revision)",
         &mut samples,
         start.elapsed(),
@@ -156,6 +160,7 @@ async fn bench() -> anyhow::Result<()> {
         anyhow::ensure!(l.items.len() == 10_000);
     }
     report(
+        &mut rows,
         "list 10,000 (past revision, 10% updated)",
         &mut samples,
         start.elapsed(),
@@ -186,6 +191,7 @@ async fn bench() -> anyhow::Result<()> {
     }
     anyhow::ensure!(seen == 10_000);
     report(
+        &mut rows,
         "list page of 500 (past revision)",
         &mut samples,
         start.elapsed(),
@@ -229,11 +235,114 @@ async fn bench() -> anyhow::Result<()> {
         "watch, 100 watchers x 1,000 events",
         start.elapsed()
     );
-    let size = std::fs::metadata(dir.path().join("bench.sqlite"))?.len();
-    println!(
-        "database file: {:.1} MiB (plus WAL)",
-        size as f64 / 1048576.0
+    Ok(rows)
+}
+
+/// Watch delivery latency: 10 watchers, 1,000 sequential creates; per event and watcher, the time
+/// from the start of the write to the event's arrival.
+async fn watch_latency(store: Arc<dyn Store>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    const EVENTS: usize = 1000;
+    let from = store.current_revision().await?;
+    let sent: Arc<Vec<std::sync::OnceLock<Instant>>> =
+        Arc::new((0..EVENTS).map(|_| std::sync::OnceLock::new()).collect());
+    let mut watchers = Vec::new();
+    for _ in 0..10 {
+        let w = store.watch("/registry/events/", from).await?;
+        watchers.push(tokio::spawn(async move {
+            let mut arrivals = Vec::with_capacity(EVENTS);
+            let mut w = w.take(EVENTS);
+            while let Some(ev) = w.next().await {
+                let ev = ev?;
+                let i: usize = ev.key().rsplit('-').next().unwrap_or("").parse()?;
+                arrivals.push((i, Instant::now()));
+            }
+            anyhow::Ok(arrivals)
+        }));
+    }
+    let start = Instant::now();
+    for (i, slot) in sent.iter().enumerate() {
+        let _ = slot.set(Instant::now());
+        store
+            .create(&format!("/registry/events/default/e-{i}"), value(i))
+            .await?;
+    }
+    let mut samples = Vec::new();
+    for w in watchers {
+        let arrivals = w.await??;
+        anyhow::ensure!(arrivals.len() == EVENTS);
+        for (i, at) in arrivals {
+            let t0 = sent[i].get().copied().unwrap_or(at);
+            samples.push(at.saturating_duration_since(t0));
+        }
+    }
+    report(
+        rows,
+        "watch delivery (write start -> event), 10 w.",
+        &mut samples,
+        start.elapsed(),
     );
+    Ok(())
+}
+
+async fn run_backend(name: &str, store: Arc<dyn Store>) -> anyhow::Result<Vec<Row>> {
+    println!("== {name}");
+    let mut rows = bench(store.clone()).await?;
+    watch_latency(store, &mut rows).await?;
+    Ok(rows)
+}
+
+async fn all() -> anyhow::Result<()> {
+    let dir = match std::env::var_os("DARI_STORE_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let which = std::env::var("DARI_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,etcd".into());
+    let mut results: Vec<(&str, Vec<Row>)> = Vec::new();
+    if which.contains("sqlite") {
+        let store = Arc::new(SqliteStore::open(&dir.path().join("bench.sqlite"))?);
+        println!(
+            "sqlite database: {} (durable: fsync on every commit)",
+            dir.path().display()
+        );
+        results.push(("sqlite", run_backend("sqlite", store).await?));
+        let size = std::fs::metadata(dir.path().join("bench.sqlite"))?.len();
+        println!(
+            "database file: {:.1} MiB (plus WAL)",
+            size as f64 / 1048576.0
+        );
+    }
+    if which.contains("etcd") {
+        // Keep the cluster alive until the end of the run.
+        let (config, _cluster) = match std::env::var("DARI_BENCH_ETCD_ENDPOINTS") {
+            Ok(eps) => (
+                EtcdConfig {
+                    endpoints: eps.split(',').map(str::to_string).collect(),
+                    ..Default::default()
+                },
+                None,
+            ),
+            Err(_) => {
+                let cluster = dari_store::testing::EtcdCluster::start(1).await?;
+                println!("etcd: 1 member, data in {}", cluster.dir().display());
+                (cluster.config(), Some(cluster))
+            }
+        };
+        let store = Arc::new(EtcdStore::connect(config).await?);
+        results.push(("etcd", run_backend("etcd", store).await?));
+    }
+    if results.len() == 2 {
+        println!();
+        println!(
+            "{:<44} {:>10} {:>10} {:>9} | {:>10} {:>10} {:>9}",
+            "side by side", "sqlite p50", "p99", "ops/s", "etcd p50", "p99", "ops/s"
+        );
+        for (a, b) in results[0].1.iter().zip(results[1].1.iter()) {
+            println!(
+                "{:<44} {:>10.1?} {:>10.1?} {:>9.0} | {:>10.1?} {:>10.1?} {:>9.0}",
+                a.0, a.1, a.2, a.3, b.1, b.2, b.3
+            );
+        }
+    }
     Ok(())
 }
 
@@ -248,5 +357,5 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(bench())
+        .block_on(all())
 }

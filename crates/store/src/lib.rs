@@ -19,15 +19,20 @@
 //!   value that was current at that revision; see [`spawn_auto_compactor`] for keeping the last N.
 //!
 //! The embedded backend is [`SqliteStore`] (kine-like: one log table, a `current` index table, WAL with
-//! fsync on commit, a single writer thread doing group commit). An etcd backend can implement the same
-//! trait.
+//! fsync on commit, a single writer thread doing group commit). The etcd v3 backend is [`EtcdStore`]
+//! (its module documentation says how each operation maps onto etcd); with the `testing` feature,
+//! `testing::EtcdCluster` starts real etcd processes on loopback for tests.
 
+mod etcd;
 mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
 
 /// A store revision (etcd's `mod_revision`/`create_revision`, Kubernetes' `resourceVersion`).
@@ -116,6 +121,19 @@ pub struct ListOptions<'a> {
 /// The events of a watch. Dropping it cancels the watch and frees everything it holds.
 pub type WatchStream = futures::stream::BoxStream<'static, Result<Event, StoreError>>;
 
+/// An item of [`Store::watch_with_progress`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchItem {
+    /// A committed change, as in [`Store::watch`].
+    Event(Event),
+    /// Every event for the watched prefix with a revision at or below this one has been delivered
+    /// (what a BOOKMARK's resourceVersion must mean).
+    Progress(Revision),
+}
+
+/// The items of [`Store::watch_with_progress`]. Dropping it cancels the watch.
+pub type ProgressWatchStream = futures::stream::BoxStream<'static, Result<WatchItem, StoreError>>;
+
 /// A key-value store with etcd v3 semantics; see the crate documentation.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -163,6 +181,22 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Compacted`] (also delivered as the stream's last item if the watcher falls so
     /// far behind that its position is compacted away). `from` may be above the current revision.
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError>;
+
+    /// [`Store::watch`], plus [`WatchItem::Progress`] marks when the backend can vouch for them:
+    /// etcd's progress notifications, asked for about every `interval` while the watch is idle.
+    /// SQLite reports its position in the in-order commit broadcast when idle; the default (a
+    /// backend without progress) yields only the events.
+    async fn watch_with_progress(
+        &self,
+        prefix: &str,
+        from: Revision,
+        interval: Duration,
+    ) -> Result<ProgressWatchStream, StoreError> {
+        use futures::StreamExt;
+        let _ = interval;
+        let events = self.watch(prefix, from).await?;
+        Ok(events.map(|r| r.map(WatchItem::Event)).boxed())
+    }
 }
 
 /// Errors of [`Store`] operations.
@@ -227,6 +261,18 @@ pub enum StoreError {
     #[error("store backend failed during {op} of {key:?}")]
     Backend {
         /// The operation (`get`, `list`, `create`, `commit`, `watch` ...).
+        op: &'static str,
+        /// The key or prefix concerned.
+        key: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend cannot serve right now (etcd has no leader, no endpoint answers); retry later.
+    /// The API server answers 503 with Retry-After.
+    #[error("store unavailable during {op} of {key:?}")]
+    Unavailable {
+        /// The operation (`get`, `list`, `create` ...).
         op: &'static str,
         /// The key or prefix concerned.
         key: String,

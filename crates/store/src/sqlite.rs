@@ -1074,6 +1074,9 @@ struct WatchState {
     live: bool,
     buf: VecDeque<Event>,
     done: bool,
+    /// With [`Store::watch_with_progress`]: how often an idle watch reports its position.
+    progress: Option<Duration>,
+    next_progress: Option<tokio::time::Instant>,
 }
 
 impl WatchState {
@@ -1100,10 +1103,25 @@ impl WatchState {
         Ok(())
     }
 
-    async fn next(mut self) -> Option<(Result<Event, StoreError>, Self)> {
+    async fn next(self) -> Option<(Result<Event, StoreError>, Self)> {
+        let mut state = self;
+        loop {
+            let (item, next) = state.next_item().await?;
+            state = next;
+            match item {
+                Ok(crate::WatchItem::Event(e)) => return Some((Ok(e), state)),
+                Ok(crate::WatchItem::Progress(_)) => continue,
+                Err(e) => return Some((Err(e), state)),
+            }
+        }
+    }
+
+    /// The next event, or (when asked for and idle) a progress mark: every event up to `pos` has
+    /// been delivered, because the broadcast is read in revision order.
+    async fn next_item(mut self) -> Option<(Result<crate::WatchItem, StoreError>, Self)> {
         loop {
             if let Some(event) = self.buf.pop_front() {
-                return Some((Ok(event), self));
+                return Some((Ok(crate::WatchItem::Event(event)), self));
             }
             if self.done {
                 return None;
@@ -1115,7 +1133,19 @@ impl WatchState {
                 }
                 continue;
             }
-            match self.rx.recv().await {
+            let received = match (self.progress, self.next_progress) {
+                (Some(every), Some(at)) => {
+                    tokio::select! {
+                        r = self.rx.recv() => r,
+                        _ = tokio::time::sleep_until(at) => {
+                            self.next_progress = Some(tokio::time::Instant::now() + every);
+                            return Some((Ok(crate::WatchItem::Progress(self.pos)), self));
+                        }
+                    }
+                }
+                _ => self.rx.recv().await,
+            };
+            match received {
                 Ok(event) => {
                     let rev = event.revision();
                     if rev <= self.pos {
@@ -1130,7 +1160,7 @@ impl WatchState {
                     }
                     self.pos = rev;
                     if event.key().starts_with(self.prefix.as_str()) {
-                        return Some((Ok(Event::clone(&event)), self));
+                        return Some((Ok(crate::WatchItem::Event(Event::clone(&event))), self));
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -1250,10 +1280,30 @@ impl Store for SqliteStore {
             live: false,
             buf: VecDeque::new(),
             done: false,
+            progress: None,
+            next_progress: None,
         };
         // The first batch here, so that a compacted `from` fails the call itself.
         state.replay().await?;
         Ok(futures::stream::unfold(state, WatchState::next).boxed())
+    }
+
+    async fn watch_with_progress(&self, prefix: &str, from: Revision, interval: Duration) -> Result<crate::ProgressWatchStream, StoreError> {
+        let rx = self.inner.events.subscribe();
+        let every = interval.max(Duration::from_millis(10));
+        let mut state = WatchState {
+            read: self.inner.read.clone(),
+            rx,
+            prefix: prefix.to_string(),
+            pos: from,
+            live: false,
+            buf: VecDeque::new(),
+            done: false,
+            progress: Some(every),
+            next_progress: Some(tokio::time::Instant::now() + every),
+        };
+        state.replay().await?;
+        Ok(futures::stream::unfold(state, WatchState::next_item).boxed())
     }
 }
 

@@ -1,5 +1,6 @@
-//! Property test: the SQLite store behaves like a simple in-memory model of etcd over random
-//! sequences of writes, reads at past revisions, compactions and watch replays.
+//! Property test: the stores (SQLite; etcd with fewer cases) behave like a simple in-memory model
+//! of etcd over random sequences of writes, reads at past revisions, compactions and watch
+//! replays.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -137,7 +138,7 @@ fn norm<T>(r: Result<T, StoreError>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
 }
 
-async fn run(store: &SqliteStore, ops: &[Op]) -> Result<(), TestCaseError> {
+async fn run(store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut m = Model::new();
     for op in ops {
         match op {
@@ -353,5 +354,18 @@ proptest! {
         let config = SqliteConfig { durable: false, ..SqliteConfig::default() };
         let store = SqliteStore::open_with(&dir.path().join("db"), config).expect("open");
         runtime().block_on(run(&store, &ops))?;
+    }
+}
+
+proptest! {
+    // Each case starts a fresh single-member etcd (about a second), hence few cases and shrinks.
+    #![proptest_config(ProptestConfig { cases: 12, max_shrink_iters: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn etcd_store_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
+        runtime().block_on(async {
+            let cluster = dari_store::testing::EtcdCluster::start(1).await.expect("start etcd");
+            let store = dari_store::EtcdStore::connect(cluster.config()).await.expect("connect");
+            run(&store, &ops).await
+        })?;
     }
 }

@@ -1,14 +1,63 @@
-//! Behaviour of the SQLite store through the `Store` trait.
+//! Behaviour of the stores through the `Store` trait: the conformance tests run against both
+//! backends (SQLite in memory, and a fresh single-member etcd started by the test on loopback);
+//! the SQLite-only tests at the end exercise its internals (lagging watchers, reopen).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use dari_store::testing::EtcdCluster;
 use dari_store::{
-    compact_keep_last, Event, KeyValue, ListOptions, Revision, SqliteConfig, SqliteStore, Store,
-    StoreError,
+    compact_keep_last, EtcdStore, Event, KeyValue, ListOptions, Revision, SqliteConfig,
+    SqliteStore, Store, StoreError,
 };
 use futures::StreamExt;
+
+/// A fresh etcd store; the cluster must outlive the test (it is killed on drop).
+async fn etcd() -> (Arc<dyn Store>, EtcdCluster) {
+    let cluster = EtcdCluster::start(1).await.expect("start etcd");
+    let store = EtcdStore::connect(cluster.config())
+        .await
+        .expect("connect to etcd");
+    (Arc::new(store), cluster)
+}
+
+/// Each conformance test `async fn name(s: Arc<dyn Store>)` runs once per backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(std::sync::Arc::new(super::mem())).await
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _cluster) = super::etcd().await;
+                    super::$name(store).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    fresh_store_is_at_revision_one,
+    create_get_update_delete,
+    list_prefix_limit_start_after_and_count,
+    list_at_past_revisions_and_errors,
+    paging_at_fixed_revision_is_a_stable_snapshot,
+    watch_replays_then_follows_with_prev_values,
+    watch_has_no_gaps_or_duplicates_under_concurrent_writers,
+    compaction_keeps_current_values_and_rejects_old_revisions,
+    compact_keep_last_helper,
+    concurrent_creates_of_one_key,
+    optimistic_concurrency_counter,
+);
 
 fn mem() -> SqliteStore {
     SqliteStore::open_in_memory().expect("open in-memory store")
@@ -38,9 +87,7 @@ async fn next(stream: &mut dari_store::WatchStream) -> Event {
         .expect("event, not error")
 }
 
-#[tokio::test]
-async fn fresh_store_is_at_revision_one() {
-    let s = mem();
+async fn fresh_store_is_at_revision_one(s: Arc<dyn Store>) {
     assert_eq!(s.current_revision().await.unwrap(), 1);
     assert_eq!(s.compacted_revision().await.unwrap(), 0);
     let l = s.list(list("")).await.unwrap();
@@ -48,9 +95,7 @@ async fn fresh_store_is_at_revision_one() {
     assert_eq!((l.revision, l.count, l.more), (1, 0, false));
 }
 
-#[tokio::test]
-async fn create_get_update_delete() {
-    let s = mem();
+async fn create_get_update_delete(s: Arc<dyn Store>) {
     let a = s.create("/a", b"1".to_vec()).await.unwrap();
     assert_eq!(
         a,
@@ -122,9 +167,7 @@ async fn create_get_update_delete() {
     assert!(matches!(err, StoreError::InvalidKey { .. }), "{err:?}");
 }
 
-#[tokio::test]
-async fn list_prefix_limit_start_after_and_count() {
-    let s = mem();
+async fn list_prefix_limit_start_after_and_count(s: Arc<dyn Store>) {
     for k in [
         "/r/a/1", "/r/a/2", "/r/a/3", "/r/a0", "/r/b/1", "/r/a/é", "/s",
     ] {
@@ -192,9 +235,7 @@ async fn list_prefix_limit_start_after_and_count() {
     assert_eq!(everything.items.len(), 7);
 }
 
-#[tokio::test]
-async fn list_at_past_revisions_and_errors() {
-    let s = mem();
+async fn list_at_past_revisions_and_errors(s: Arc<dyn Store>) {
     s.create("/k/1", b"a".to_vec()).await.unwrap(); // 2
     s.create("/k/2", b"a".to_vec()).await.unwrap(); // 3
     s.update("/k/1", b"b".to_vec(), None).await.unwrap(); // 4
@@ -237,19 +278,7 @@ async fn list_at_past_revisions_and_errors() {
 
 /// Paging at the revision of the first page gives one consistent snapshot while writers change
 /// and delete the keys being paged over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paging_at_fixed_revision_is_a_stable_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(
-        SqliteStore::open_with(
-            &dir.path().join("db"),
-            SqliteConfig {
-                durable: false,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
+async fn paging_at_fixed_revision_is_a_stable_snapshot(s: Arc<dyn Store>) {
     for i in 0..300 {
         s.create(&format!("/p/{i:04}"), format!("v0-{i}").into_bytes())
             .await
@@ -307,9 +336,7 @@ async fn paging_at_fixed_revision_is_a_stable_snapshot() {
     assert!(s.current_revision().await.unwrap() > expected.revision);
 }
 
-#[tokio::test]
-async fn watch_replays_then_follows_with_prev_values() {
-    let s = mem();
+async fn watch_replays_then_follows_with_prev_values(s: Arc<dyn Store>) {
     s.create("/w/a", b"1".to_vec()).await.unwrap(); // 2
     s.create("/x/a", b"1".to_vec()).await.unwrap(); // 3
     s.update("/w/a", b"2".to_vec(), None).await.unwrap(); // 4
@@ -376,9 +403,7 @@ async fn watch_replays_then_follows_with_prev_values() {
 
 /// Many concurrent writers, watchers started at different points: each sees every event after
 /// its start, once, in revision order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_has_no_gaps_or_duplicates_under_concurrent_writers() {
-    let s = Arc::new(mem());
+async fn watch_has_no_gaps_or_duplicates_under_concurrent_writers(s: Arc<dyn Store>) {
     let early = s.watch("", 1).await.unwrap();
     let prefixed = s.watch("/c/1/", 1).await.unwrap();
     let mut writers = Vec::new();
@@ -499,9 +524,7 @@ async fn dropping_a_watch_unsubscribes_and_closing_the_store_ends_watches() {
     );
 }
 
-#[tokio::test]
-async fn compaction_keeps_current_values_and_rejects_old_revisions() {
-    let s = mem();
+async fn compaction_keeps_current_values_and_rejects_old_revisions(s: Arc<dyn Store>) {
     s.create("/c/a", b"1".to_vec()).await.unwrap(); // 2
     s.create("/c/b", b"1".to_vec()).await.unwrap(); // 3
     s.update("/c/a", b"2".to_vec(), None).await.unwrap(); // 4
@@ -646,16 +669,14 @@ async fn lagging_watcher_past_compaction_gets_compacted() {
     assert!(w.next().await.is_none());
 }
 
-#[tokio::test]
-async fn compact_keep_last_helper() {
-    let s = mem();
+async fn compact_keep_last_helper(s: Arc<dyn Store>) {
     for i in 0..10 {
         s.create(&format!("/k/{i}"), b"x".to_vec()).await.unwrap();
     }
-    assert_eq!(compact_keep_last(&s, 4).await.unwrap(), Some(7));
+    assert_eq!(compact_keep_last(s.as_ref(), 4).await.unwrap(), Some(7));
     assert_eq!(s.compacted_revision().await.unwrap(), 7);
-    assert_eq!(compact_keep_last(&s, 4).await.unwrap(), None);
-    assert_eq!(compact_keep_last(&s, 100).await.unwrap(), None);
+    assert_eq!(compact_keep_last(s.as_ref(), 4).await.unwrap(), None);
+    assert_eq!(compact_keep_last(s.as_ref(), 100).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -708,9 +729,7 @@ async fn reopen_keeps_revisions_values_and_compaction() {
 }
 
 /// Concurrent creates of the same key: exactly one wins, all others see AlreadyExists.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_creates_of_one_key() {
-    let s = Arc::new(mem());
+async fn concurrent_creates_of_one_key(s: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let s = s.clone();
@@ -730,9 +749,7 @@ async fn concurrent_creates_of_one_key() {
 }
 
 /// Compare-and-swap loops from many tasks: no lost update.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn optimistic_concurrency_counter() {
-    let s = Arc::new(mem());
+async fn optimistic_concurrency_counter(s: Arc<dyn Store>) {
     s.create("/counter", b"0".to_vec()).await.unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|_| {

@@ -15,6 +15,8 @@ pub struct FakeState {
     pub containers: BTreeMap<String, v1::Container>,
     /// Calls made, e.g. `RunPodSandbox default/web`.
     pub calls: Vec<String>,
+    /// `ContainerStatus.log_path` by container id (tests of the log endpoint write these files).
+    pub log_paths: BTreeMap<String, String>,
     next: u64,
 }
 
@@ -35,6 +37,11 @@ impl FakeCri {
             Ok(mut g) => f(&mut g),
             Err(p) => f(&mut p.into_inner()),
         }
+    }
+
+    /// Runs with `f` on the state (set up containers and log paths in tests).
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        self.with(f)
     }
 
     /// The recorded calls.
@@ -136,7 +143,8 @@ impl Cri for FakeCri {
     async fn container_status(&self, id: &str) -> Result<v1::ContainerStatus> {
         self.with(|s| {
             let c = s.containers.get(id).ok_or_else(|| not_found("ContainerStatus", id))?;
-            Ok(v1::ContainerStatus { id: id.into(), metadata: c.metadata.clone(), state: c.state, image: c.image.clone(), ..Default::default() })
+            let log_path = s.log_paths.get(id).cloned().unwrap_or_default();
+            Ok(v1::ContainerStatus { id: id.into(), metadata: c.metadata.clone(), state: c.state, image: c.image.clone(), log_path, ..Default::default() })
         })
     }
     async fn image_status(&self, image: &str) -> Result<Option<v1::Image>> {

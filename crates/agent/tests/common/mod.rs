@@ -1,6 +1,8 @@
 //! Shared harness: a node network namespace, a real containerd in it, the builtin images.
 #![allow(dead_code)]
 
+pub mod ha;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

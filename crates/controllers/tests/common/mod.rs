@@ -57,6 +57,7 @@ pub async fn start() -> Result<Cluster> {
         cluster_cidr: "10.244.0.0/16".parse()?,
         tls_san: vec![],
         bookmark_interval_seconds: 1,
+        datastore: Default::default(),
     };
     let server = dari_apiserver::start(args).await.context("server starts")?;
     let kubeconfig = server.admin_kubeconfig.clone();
