@@ -11,6 +11,8 @@
 //!    streaming endpoint (SANs: name and IP);
 //! 3. writes them under `DATA_DIR/pki/` (keys 0600) and `DATA_DIR/kubeconfig`.
 //!
+//! With several servers (`--server A,B`), [`join_any`] tries them in order.
+//!
 //! Later starts reuse the files without asking the server as long as they are consistent
 //! ([`check_files`]: CA hash still the token's, certificates signed by it, the right names and
 //! IP, more than 30 days left, keys matching).

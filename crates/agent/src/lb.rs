@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::error::{AgentError, Result};
 
@@ -294,7 +295,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Re
             }
         };
         let _ = client.set_nodelay(true);
-        tokio::spawn(relay(client, peer, shared.clone(), stop.clone()));
+        let span = tracing::debug_span!("lb_conn", %peer, server = tracing::field::Empty);
+        tokio::spawn(relay(client, peer, shared.clone(), stop.clone()).instrument(span));
     }
 }
 
@@ -306,9 +308,7 @@ async fn relay(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         return;
     };
     let _ = server.set_nodelay(true);
-    let span = tracing::debug_span!("lb_conn", %peer, server = %shared.servers[i].0);
-    let _e = span.enter();
-    drop(_e);
+    tracing::Span::current().record("server", shared.servers[i].0.as_str());
     let mut cut = shared.cut[i].subscribe();
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut server) => {

@@ -586,7 +586,7 @@ async fn agent_survives_the_death_of_its_api_server() -> anyhow::Result<()> {
     // A dies
     relay.set(common::ha::Mode::Kill);
     drop(h.a.take());
-    let killed = chrono::Utc::now();
+    let killed = k8s_openapi::jiff::Timestamp::now();
     let t0 = Instant::now();
     pods.create(&PostParams::default(), &pod("after", &node_name, spec)).await?;
     running("after").await;

@@ -180,3 +180,33 @@ async fn agent_joins_through_the_first_live_server_and_uses_the_load_balancer() 
     let cfg = dari_agent::AgentConfig::from_args(args.a).await.expect("restart");
     assert_eq!(cfg.lb.as_ref().map(|l| l.addr().port().to_string()), Some(port.trim().to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_mode_with_several_servers_goes_through_the_load_balancer() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        a: dari_agent::AgentArgs,
+    }
+    let h = ha().await;
+    let relay = Relay::start(h.a.as_ref().expect("A").addr).await;
+    let b_url = format!("https://{}", h.b.addr);
+    let data = h.tmp.path().join("agent");
+    let admin = h.tmp.path().join("a/admin.kubeconfig");
+    let servers = format!("{},{b_url}", relay.url());
+    let args = Flags::try_parse_from(["agent", "--server", &servers, "--kubeconfig", &admin.display().to_string(), "--node-name", "k-node", "--node-ip", "127.0.0.1", "--data-dir", &data.display().to_string()]).expect("flags");
+    let cfg = dari_agent::AgentConfig::from_args(args.a).await.expect("config");
+    let lb = cfg.lb.clone().expect("a load balancer");
+    assert_eq!((cfg.server.clone(), cfg.kubeconfig.clone()), (None, data.join(lb::KUBECONFIG_FILE)));
+    // what the CLI hands the proxy/ingress/net clients: the kubeconfig alone
+    let client = dari_agent::client(&cfg.kubeconfig, None).await.expect("client");
+    list_until_ok(&client, Duration::from_secs(5)).await;
+    assert_eq!(lb.current(), relay.url());
+    relay.set(Mode::Kill);
+    list_until_ok(&client, Duration::from_secs(10)).await;
+    assert_eq!(lb.current(), b_url);
+    // the admin kubeconfig itself is left alone
+    let kc = kube::config::Kubeconfig::read_from(&admin).expect("admin kubeconfig");
+    assert_eq!(kc.clusters[0].cluster.as_ref().and_then(|c| c.server.clone()), Some(format!("https://{}", h.a.as_ref().expect("A").addr)));
+}

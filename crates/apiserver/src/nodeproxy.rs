@@ -22,7 +22,7 @@ use crate::http::{Body, Query};
 use crate::rest::Api;
 
 /// User name of the API server's kubelet client certificate (the agent admits only it).
-pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+pub use dari_pki::KUBELET_CLIENT_USER;
 
 /// The API server's TLS client for node agents.
 pub struct KubeletClient {

@@ -65,6 +65,8 @@ pub async fn start_on(backend: Backend) -> Cluster {
         }
     };
     let server = dari_apiserver::start(args).await.expect("server starts");
+    // the backend really is the one asked for
+    assert_eq!(dir.path().join("state.db").exists(), matches!(backend, Backend::Sqlite), "datastore {backend:?}");
     let kubeconfig = server.admin_kubeconfig.clone();
     Cluster { dir, server, kubeconfig, etcd }
 }

@@ -1,7 +1,9 @@
 //! The DNS server: UDP and TCP listeners on one address over a shared [`DnsState`].
 //!
-//! Answers from the index and cache hits are computed inline on the receiving task; forwarded queries go
-//! to a spawned task so one slow upstream does not hold up the socket.
+//! Answers from the index and cache hits are computed inline on the receiving task (first on the wire by
+//! [`crate::fast`], else through hickory messages), from a per-task [`Snapshot`] of the index refreshed
+//! only when a generation counter moves; forwarded queries go to a spawned task so one slow upstream does
+//! not hold up the socket.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

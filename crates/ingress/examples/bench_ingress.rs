@@ -43,15 +43,18 @@ fn main() -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let table = build(&ings, &[svc], &slices, &[], &[], &IngressConfig::default());
     eprintln!("built {} routes from {} ingresses in {:?}", table.route_count(), ings.len(), t0.elapsed());
-    let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    let rt = if threads == 1 {
+    // Proxy worker threads (nginx worker_processes): BENCH_WORKERS, default 2. With
+    // BENCH_WORKERS=0 the proxy runs on a multi-thread runtime of BENCH_THREADS (default 2) threads.
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let workers = env("BENCH_WORKERS", 2);
+    let rt = if workers > 0 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread().worker_threads(env("BENCH_THREADS", 2)).enable_all().build()?
     };
     rt.block_on(async move {
         let shared = Arc::new(ArcSwap::from_pointee(table));
-        let opts = ProxyOptions { http: vec![listen], https: vec![], ..ProxyOptions::default() };
+        let opts = ProxyOptions { http: vec![listen], https: vec![], workers, ..ProxyOptions::default() };
         let server = ProxyServer::bind(shared, &opts).await?;
         eprintln!("listening on {:?}", server.http_addrs());
         server.run().await;

@@ -23,7 +23,7 @@ pub use annotations::BackendProtocol;
 pub use config::IngressConfig;
 pub use controller::{run, IngressArgs, IngressRunConfig};
 pub use error::IngressError;
-pub use table::{build, route, Backend, Issue, IssueKind, ObjectKey, PathMatch, Route, RouteMatch, RouteTable};
+pub use table::{build, route, route_ref, Backend, Issue, IssueKind, ObjectKey, PathMatch, Route, RouteMatch, RouteTable};
 
 /// The live route table: the proxy loads it per request, the controller stores a new one.
 pub type SharedTable = std::sync::Arc<arc_swap::ArcSwap<RouteTable>>;

@@ -2,12 +2,21 @@
 //! TLS with SNI from the live [`RouteTable`](crate::RouteTable), and request forwarding straight
 //! to endpoint pod IPs.
 //!
-//! Per request (phases, pingora-style): route ([`crate::route`]) → 404 if nothing matched →
+//! Per request (phases, pingora-style): route ([`crate::route_ref`]) → 404 if nothing matched →
 //! HTTPS redirect (308) → body-size check (413) → 503 if the backend has no endpoints → forward
 //! with X-Forwarded-For/-Proto/-Host/-Port and X-Real-IP to the next endpoint (round-robin),
 //! retrying the next one when a connection is refused → 504 after `proxy-read-timeout` →
 //! stream the response back; `101 Switching Protocols` splices the two upgraded connections
 //! (WebSocket over HTTP/1.1).
+//!
+//! Threads: like nginx's `worker_processes`, [`ProxyOptions::workers`] threads each run a
+//! single-threaded tokio runtime with their own listening socket per address (`SO_REUSEPORT`:
+//! the kernel spreads connections) and their own upstream keep-alive pool, so a request never
+//! crosses threads and no lock is contended. `workers: 0` serves on the caller's runtime instead.
+//!
+//! The hot path avoids per-request work that does not depend on the request: the peer address and
+//! local port header values are made once per connection, the route lookup does not allocate
+//! unless a rewrite applies, and an origin-form request URI is forwarded as is.
 //!
 //! The table is read once per request from an [`arc_swap::ArcSwap`], so swapping it never
 //! touches connections in flight.
@@ -23,11 +32,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tracing::Instrument;
 
 use crate::error::IngressError;
 use crate::pool::{BoxError, ConnectError, Pool, SendError, UpBody};
-use crate::table::route;
+use crate::table::route_ref;
 use crate::SharedTable;
 
 /// Body returned to clients.
@@ -45,6 +55,10 @@ pub struct ProxyOptions {
     pub trust_forwarded_headers: bool,
     /// Upstream connect timeout (`proxy-connect-timeout`, default 5 s).
     pub connect_timeout: Duration,
+    /// Proxy worker threads (nginx `worker_processes`), each with a single-threaded runtime, its
+    /// own `SO_REUSEPORT` listener per address and its own upstream pool. Default: the number of
+    /// CPUs (nginx `auto`). 0: serve on the caller's runtime, one listener per address.
+    pub workers: usize,
 }
 
 impl Default for ProxyOptions {
@@ -54,34 +68,76 @@ impl Default for ProxyOptions {
             https: vec![SocketAddr::from(([0, 0, 0, 0], 443))],
             trust_forwarded_headers: false,
             connect_timeout: Duration::from_secs(5),
+            workers: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         }
     }
 }
 
+/// What every connection of one worker shares.
 struct State {
     table: SharedTable,
     pool: Arc<Pool>,
     trust_forwarded: bool,
+    server: auto::Builder<TokioExecutor>,
+}
+
+/// One listening socket and whether it terminates TLS.
+struct Listener {
+    socket: std::net::TcpListener,
+    tls: bool,
 }
 
 /// Bound listeners, ready to [`ProxyServer::run`].
 pub struct ProxyServer {
-    http: Vec<TcpListener>,
-    https: Vec<TcpListener>,
+    /// One set of listeners per worker (a single set when serving on the caller's runtime).
+    sets: Vec<Vec<Listener>>,
+    /// Run the sets on dedicated threads.
+    threads: bool,
+    http_addrs: Vec<SocketAddr>,
+    https_addrs: Vec<SocketAddr>,
     acceptor: tokio_rustls::TlsAcceptor,
-    state: Arc<State>,
+    table: SharedTable,
+    trust_forwarded: bool,
+    connect_timeout: Duration,
+}
+
+/// `n` listening sockets on `addr` (port 0: the port the first one got). With more than one,
+/// they share the port through `SO_REUSEPORT`.
+fn bind_set(addr: SocketAddr, n: usize, scheme: &'static str) -> Result<(SocketAddr, Vec<std::net::TcpListener>), IngressError> {
+    let err = |addr: SocketAddr| move |source: std::io::Error| IngressError::Bind { addr, scheme, source };
+    let mut bound = addr;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n.max(1) {
+        let sock = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err(addr))?;
+        sock.set_reuseaddr(true).map_err(err(addr))?;
+        if n > 1 {
+            sock.set_reuseport(true).map_err(err(addr))?;
+        }
+        sock.bind(bound).map_err(err(bound))?;
+        let l = sock.listen(1024).map_err(err(bound))?;
+        if i == 0 {
+            bound = l.local_addr().map_err(err(addr))?;
+        }
+        // Deregistered from this runtime: the worker that serves it registers it with its own.
+        out.push(l.into_std().map_err(err(bound))?);
+    }
+    Ok((bound, out))
 }
 
 impl ProxyServer {
     /// Binds every listener (port 0 allowed: see [`ProxyServer::http_addrs`]).
     pub async fn bind(table: SharedTable, opts: &ProxyOptions) -> Result<Self, IngressError> {
-        let mut http = Vec::new();
-        for a in &opts.http {
-            http.push(TcpListener::bind(a).await.map_err(|source| IngressError::Bind { addr: *a, scheme: "http", source })?);
-        }
-        let mut https = Vec::new();
-        for a in &opts.https {
-            https.push(TcpListener::bind(a).await.map_err(|source| IngressError::Bind { addr: *a, scheme: "https", source })?);
+        let n = opts.workers.max(1);
+        let mut sets: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
+        let (mut http_addrs, mut https_addrs) = (Vec::new(), Vec::new());
+        for (addrs, tls, out) in [(&opts.http, false, &mut http_addrs), (&opts.https, true, &mut https_addrs)] {
+            for a in addrs {
+                let (bound, socks) = bind_set(*a, n, if tls { "https" } else { "http" })?;
+                out.push(bound);
+                for (set, socket) in sets.iter_mut().zip(socks) {
+                    set.push(Listener { socket, tls });
+                }
+            }
         }
         let tls_err = |what: &'static str| move |e: rustls::Error| IngressError::Tls { what, source: Box::new(e) };
         let fallback = crate::tls::fallback_certificate()
@@ -93,36 +149,120 @@ impl ProxyServer {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(crate::tls::SniResolver { table: table.clone(), fallback }));
         sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let pool = Pool::new(opts.connect_timeout).map_err(tls_err("backend client"))?;
+        // Fail now rather than in a worker.
+        Pool::new(opts.connect_timeout).map_err(tls_err("backend client"))?;
         Ok(ProxyServer {
-            http,
-            https,
+            sets,
+            threads: opts.workers > 0,
+            http_addrs,
+            https_addrs,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
-            state: Arc::new(State { table, pool, trust_forwarded: opts.trust_forwarded_headers }),
+            table,
+            trust_forwarded: opts.trust_forwarded_headers,
+            connect_timeout: opts.connect_timeout,
         })
     }
 
     /// Bound plain HTTP addresses.
     pub fn http_addrs(&self) -> Vec<SocketAddr> {
-        self.http.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.http_addrs.clone()
     }
 
     /// Bound HTTPS addresses.
     pub fn https_addrs(&self) -> Vec<SocketAddr> {
-        self.https.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.https_addrs.clone()
     }
 
-    /// Accepts and serves connections until the future is dropped.
-    pub async fn run(self) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for l in self.http {
-            tasks.spawn(accept_loop(l, None, self.state.clone()));
-        }
-        for l in self.https {
-            tasks.spawn(accept_loop(l, Some(self.acceptor.clone()), self.state.clone()));
-        }
-        while tasks.join_next().await.is_some() {}
+    fn state(&self) -> Result<Arc<State>, rustls::Error> {
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        // Small responses: one write of head and body rather than a vectored write.
+        server.http1().writev(false);
+        Ok(Arc::new(State {
+            table: self.table.clone(),
+            pool: Pool::new(self.connect_timeout)?,
+            trust_forwarded: self.trust_forwarded,
+            server,
+        }))
     }
+
+    /// Accepts and serves connections until the future is dropped (which also stops the
+    /// worker threads).
+    pub async fn run(mut self) {
+        let sets = std::mem::take(&mut self.sets);
+        if !self.threads {
+            let mut local = tokio::task::JoinSet::new();
+            for set in sets {
+                match self.state() {
+                    Ok(state) => {
+                        local.spawn(serve_set(set, self.acceptor.clone(), state));
+                    }
+                    Err(e) => tracing::error!(error = %e, "ingress proxy: backend client setup"),
+                }
+            }
+            while local.join_next().await.is_some() {}
+            return;
+        }
+        // Dropping `stop` (this future) ends every worker's runtime.
+        let (stop, _) = tokio::sync::watch::channel(());
+        let mut done = Vec::new();
+        let mut local = tokio::task::JoinSet::new();
+        for (i, set) in sets.into_iter().enumerate() {
+            let state = match self.state() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, worker = i, "ingress proxy: backend client setup; its sockets are closed");
+                    continue;
+                }
+            };
+            let acceptor = self.acceptor.clone();
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, worker = i, "ingress proxy: worker runtime; serving on the caller's runtime");
+                    local.spawn(serve_set(set, acceptor, state));
+                    continue;
+                }
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let mut stopped = stop.subscribe();
+            let spawned = std::thread::Builder::new().name(format!("ingress-{i}")).spawn(move || {
+                rt.block_on(async move {
+                    tokio::select! {
+                        _ = serve_set(set, acceptor, state) => {}
+                        _ = stopped.changed() => {}
+                    }
+                });
+                drop(rt);
+                let _ = tx.send(());
+            });
+            match spawned {
+                Ok(_) => done.push(rx),
+                // The closure (and so the worker's sockets) is dropped: the kernel no longer
+                // hands that worker connections; the others keep serving the same ports.
+                Err(e) => tracing::error!(error = %e, worker = i, "ingress proxy: worker thread; its sockets are closed"),
+            }
+        }
+        for rx in done {
+            let _ = rx.await;
+        }
+        while local.join_next().await.is_some() {}
+        drop(stop);
+    }
+}
+
+/// Serves one worker's listeners on the current runtime.
+async fn serve_set(set: Vec<Listener>, acceptor: tokio_rustls::TlsAcceptor, state: Arc<State>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in set {
+        let addr = l.socket.local_addr().ok();
+        match TcpListener::from_std(l.socket) {
+            Ok(tl) => {
+                tasks.spawn(accept_loop(tl, l.tls.then(|| acceptor.clone()), state.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, ?addr, "ingress proxy: registering listener"),
+        }
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 async fn accept_loop(l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, state: Arc<State>) {
@@ -152,15 +292,33 @@ async fn accept_loop(l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, sta
     }
 }
 
+/// Per-connection facts, made once and shared by the connection's requests.
+struct Conn {
+    state: Arc<State>,
+    peer: SocketAddr,
+    https: bool,
+    /// The peer's IP (X-Real-IP, X-Forwarded-For).
+    peer_ip: HeaderValue,
+    /// The local port (X-Forwarded-Port).
+    local_port: HeaderValue,
+}
+
 async fn serve<I>(io: I, peer: SocketAddr, local: SocketAddr, https: bool, state: Arc<State>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer, local, https).await) }
+    let conn = Arc::new(Conn {
+        state: state.clone(),
+        peer,
+        https,
+        peer_ip: HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("")),
+        local_port: HeaderValue::from(local.port()),
     });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(io, svc).await {
+    let svc = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(conn, req).await) }
+    });
+    if let Err(e) = state.server.serve_connection_with_upgrades(io, svc).await {
         tracing::debug!(%peer, error = %e, "connection");
     }
 }
@@ -172,14 +330,20 @@ fn local_response(status: StatusCode, text: &str) -> Response<RespBody> {
     r
 }
 
-fn request_host(req: &Request<Incoming>) -> String {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default()
+/// The Host header, or the URI authority (HTTP/2 `:authority`, absolute-form), as a header value
+/// (cloning one shares its bytes).
+fn request_host(req: &Request<Incoming>) -> HeaderValue {
+    match req.headers().get(header::HOST) {
+        Some(h) if h.to_str().is_ok() => h.clone(),
+        _ => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()).unwrap_or(HeaderValue::from_static("")),
+    }
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
@@ -191,16 +355,18 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        if !(keep_upgrade && n == header::UPGRADE) {
-            h.remove(n);
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            if !(keep_upgrade && n == header::UPGRADE) {
+                h.remove(n);
+            }
         }
     }
     for n in HOP_BY_HOP.iter() {
@@ -233,19 +399,26 @@ fn length_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-async fn handle(state: &State, mut req: Request<Incoming>, peer: SocketAddr, local: SocketAddr, https: bool) -> Response<RespBody> {
-    let host = request_host(&req);
-    let path = req.uri().path().to_string();
-    let span = tracing::debug_span!("ingress_request", %peer, host = %host, path = %path, method = %req.method());
-    let _g = span.enter();
-    let table = state.table.load();
-    let Some(m) = route(&table, &host, &path) else {
-        return local_response(StatusCode::NOT_FOUND, "404 page not found (dari ingress default backend)");
+async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<RespBody> {
+    // One span per request; debug level, so at the usual info level it is disabled and costs a
+    // callsite check (the fields are only formatted when enabled).
+    let span = tracing::debug_span!("ingress_request", peer = %c.peer, host = ?req.headers().get(header::HOST), path = %req.uri().path(), method = %req.method());
+    forward(&c, req).instrument(span).await
+}
+
+async fn forward(c: &Conn, mut req: Request<Incoming>) -> Response<RespBody> {
+    let state = &c.state;
+    let host_v = request_host(&req);
+    let host = host_v.to_str().unwrap_or("");
+    let (r, rewritten) = {
+        let table = state.table.load();
+        match route_ref(&table, host, req.uri().path()) {
+            Some((r, rewritten)) => (r.clone(), rewritten),
+            None => return local_response(StatusCode::NOT_FOUND, "404 page not found (dari ingress default backend)"),
+        }
     };
-    drop(table);
-    let r = &m.route;
-    let host_only = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(&host);
-    if r.redirect_https && !https {
+    let host_only = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host);
+    if r.redirect_https && !c.https {
         let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let mut resp = local_response(StatusCode::PERMANENT_REDIRECT, "308 permanent redirect");
         if let Ok(v) = HeaderValue::from_str(&format!("https://{host_only}{pq}")) {
@@ -263,64 +436,70 @@ async fn handle(state: &State, mut req: Request<Incoming>, peer: SocketAddr, loc
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "503 service unavailable (no ready endpoints)");
     }
 
-    // Build the upstream request.
+    // Build the upstream request from the client's, in place.
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers, upgrade);
+    let (mut parts, body) = req.into_parts();
+    let h2 = r.backend.protocol.h2();
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, upgrade);
+    // Room for the forwarding headers: one growth at most, not one per insert.
+    headers.reserve(6);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if r.backend.protocol.h2() {
+    if h2 {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let peer_ip = peer.ip().to_string();
-    let xff = match (state.trust_forwarded, headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())) {
-        (true, Some(prev)) => format!("{prev}, {peer_ip}"),
-        _ => peer_ip.clone(),
+    let xff = match (state.trust_forwarded, headers.get(&X_FORWARDED_FOR)) {
+        (true, Some(prev)) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + c.peer_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(c.peer_ip.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| c.peer_ip.clone())
+        }
+        _ => c.peer_ip.clone(),
     };
-    let proto = if https { "https" } else { "http" };
-    let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(name, v);
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(X_REAL_IP, c.peer_ip.clone());
+    if !(state.trust_forwarded && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if c.https { "https" } else { "http" }));
+    }
+    if !(state.trust_forwarded && headers.contains_key(&X_FORWARDED_HOST)) {
+        headers.insert(X_FORWARDED_HOST, host_v.clone());
+    }
+    headers.insert(X_FORWARDED_PORT, c.local_port.clone());
+    if h2 {
+        headers.remove(header::HOST);
+    } else if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, host_v.clone());
+    }
+    let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+    let uri = if !h2 && rewritten.is_none() && origin_form {
+        // The usual case: forward the request target untouched.
+        std::mem::take(&mut parts.uri)
+    } else {
+        let path = rewritten.as_deref().unwrap_or(parts.uri.path());
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        if h2 {
+            let scheme = if r.backend.protocol.tls() { "https" } else { "http" };
+            format!("{scheme}://{host_only}{pq}").parse().unwrap_or_default()
+        } else {
+            Uri::try_from(pq).unwrap_or_default()
         }
     };
-    set(&mut headers, "x-forwarded-for", &xff);
-    set(&mut headers, "x-real-ip", &peer_ip);
-    if !(state.trust_forwarded && headers.contains_key("x-forwarded-proto")) {
-        set(&mut headers, "x-forwarded-proto", proto);
-    }
-    if !(state.trust_forwarded && headers.contains_key("x-forwarded-host")) {
-        set(&mut headers, "x-forwarded-host", &host);
-    }
-    set(&mut headers, "x-forwarded-port", &local.port().to_string());
-    if !headers.contains_key(header::HOST) {
-        set(&mut headers, "host", &host);
-    }
-    let pq = match parts.uri.query() {
-        Some(q) => format!("{}?{q}", m.upstream_path),
-        None => m.upstream_path.clone(),
-    };
-    let uri: Uri = if r.backend.protocol.h2() {
-        let scheme = if r.backend.protocol.tls() { "https" } else { "http" };
-        format!("{scheme}://{host_only}{pq}").parse().unwrap_or_default()
-    } else {
-        pq.parse().unwrap_or_default()
-    };
-    let version = if r.backend.protocol.h2() { Version::HTTP_2 } else { Version::HTTP_11 };
+    parts.uri = uri;
+    parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    parts.extensions = http::Extensions::new();
     let up_body: UpBody = match r.body_size {
         Some(limit) => Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed(),
         None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
     };
-    let mut up = Request::new(up_body);
-    *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = uri;
-    *up.version_mut() = version;
-    *up.headers_mut() = headers;
-    if r.backend.protocol.h2() {
-        up.headers_mut().remove(header::HOST);
-    }
+    let up = Request::from_parts(parts, up_body);
 
     // Forward, retrying refused connections on the next endpoint.
     let send = async {

@@ -306,6 +306,13 @@ pub struct RouteMatch {
 /// Finds the route for `host` (a Host header, port allowed) and `path` (no query string).
 /// None means "nothing matched and no default backend": answer 404.
 pub fn route(table: &RouteTable, host: &str, path: &str) -> Option<RouteMatch> {
+    let (r, rewritten) = route_ref(table, host, path)?;
+    Some(RouteMatch { route: r.clone(), upstream_path: rewritten.unwrap_or_else(|| path.to_string()) })
+}
+
+/// [`route`] without allocating on the common path (the proxy's per-request lookup): the
+/// winning route, and the upstream path only when a rewrite changes it (None: send `path`).
+pub fn route_ref<'t>(table: &'t RouteTable, host: &str, path: &str) -> Option<(&'t Arc<Route>, Option<String>)> {
     let bucket = table.bucket(host);
     let r = match bucket.find(path) {
         Some(r) => r,
@@ -314,15 +321,12 @@ pub fn route(table: &RouteTable, host: &str, path: &str) -> Option<RouteMatch> {
             None => table.any.default.as_ref()?,
         },
     };
-    let upstream_path = match (&r.rewrite_target, &r.path) {
-        (Some(target), PathMatch::Regex { re, .. }) => match re.captures(path) {
-            Some(caps) => expand(target, &caps),
-            None => path.to_string(),
-        },
-        (Some(target), _) => expand_plain(target),
-        _ => path.to_string(),
+    let rewritten = match (&r.rewrite_target, &r.path) {
+        (Some(target), PathMatch::Regex { re, .. }) => re.captures(path).map(|caps| expand(target, &caps)),
+        (Some(target), _) => Some(expand_plain(target)),
+        _ => None,
     };
-    Some(RouteMatch { route: r.clone(), upstream_path })
+    Some((r, rewritten))
 }
 
 /// nginx-style `$1`..`$9` expansion of a rewrite target.

@@ -452,6 +452,67 @@ async fn hot_reload_under_load_zero_failures() -> Result<()> {
     Ok(())
 }
 
+async fn start_with(table: RouteTable, workers: usize) -> Result<(ProxyServer, SocketAddr)> {
+    let shared: SharedTable = Arc::new(ArcSwap::from_pointee(table));
+    let opts = ProxyOptions { http: vec!["127.0.0.1:0".parse()?], https: vec![], workers, ..ProxyOptions::default() };
+    let server = ProxyServer::bind(shared, &opts).await?;
+    let http = server.http_addrs()[0];
+    Ok((server, http))
+}
+
+/// Many connections to one port served by 4 worker threads (4 SO_REUSEPORT sockets), and by
+/// the caller's runtime (`workers: 0`): every request answered.
+#[tokio::test]
+async fn workers_share_the_port_and_caller_runtime_mode() -> Result<()> {
+    let up = upstream("w").await?;
+    let mut w = World::new();
+    w.svc("svc-w", &[up.addr]);
+    w.ingresses.push(simple_ingress("w", "w.com", "/", "svc-w", json!({})));
+    for workers in [4, 0] {
+        let (server, http) = start_with(w.table(), workers).await?;
+        let task = tokio::spawn(server.run());
+        let mut conns = Vec::new();
+        for _ in 0..32 {
+            conns.push(tokio::spawn(async move {
+                let mut c = H1::connect(http).await?;
+                for _ in 0..5 {
+                    let r = c.req("w.com", "/", "").await?;
+                    if r.status != StatusCode::OK || field(&r.body, "served-by") != "w" {
+                        bail!("workers={workers}: {} {}", r.status, r.body);
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for c in conns {
+            c.await??;
+        }
+        task.abort();
+    }
+    assert_eq!(up.hits.load(Ordering::Relaxed), 2 * 32 * 5);
+    Ok(())
+}
+
+/// Dropping the `run` future stops the worker threads: the port stops accepting.
+#[tokio::test]
+async fn dropping_run_stops_workers() -> Result<()> {
+    let (server, http) = start_with(RouteTable::default(), 2).await?;
+    let task = tokio::spawn(server.run());
+    let r = get(http, "x.com", "/").await?;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    task.abort();
+    let _ = task.await;
+    // The workers see the stop signal and drop their runtimes and sockets; poll until refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(http).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+            _ if tokio::time::Instant::now() > deadline => bail!("{http} still accepts 10 s after run was dropped"),
+            _ => tokio::task::yield_now().await,
+        }
+    }
+}
+
 /// The shared seed 000 Ingress, read at run time (`../shared` next to the repository, or /work/shared).
 fn seed_ingress_text() -> String {
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use dari_ingress::{build, route, IngressConfig, IssueKind, RouteTable};
+use dari_ingress::{build, route, route_ref, IngressConfig, IssueKind, RouteTable};
 use serde_json::json;
 
 fn golden_path(name: &str) -> PathBuf {
@@ -169,6 +169,21 @@ spec:
             {"path": "/app", "pathType": "Prefix", "backend": {"service": {"name": "s", "port": {"number": 80}}}}]}}]}}));
     let t = build(&[ing], &[], &[], &[], &[], &cfg());
     assert_eq!(route(&t, "x.com", "/app/a/b").map(|m| m.upstream_path).as_deref(), Some("/"));
+    // The proxy's lookup: the upstream path only when a rewrite applies.
+    let (r, rewritten) = route_ref(&t, "x.com", "/app/a/b").expect("x.com route");
+    assert_eq!((r.ingress.name.as_str(), rewritten.as_deref()), ("r2", Some("/")));
+}
+
+#[test]
+fn route_ref_leaves_unrewritten_paths_alone() {
+    let (ings, svcs, slices) = seed_objects();
+    let t = build(&ings, &svcs, &slices, &[], &[], &cfg());
+    let (r, rewritten) = route_ref(&t, "a.com", "/some/path").expect("a.com");
+    assert_eq!(rewritten, None, "no rewrite-target: the request path is sent as is");
+    let m = route(&t, "a.com", "/some/path").expect("a.com");
+    assert!(std::sync::Arc::ptr_eq(r, &m.route));
+    assert_eq!(m.upstream_path, "/some/path");
+    assert!(route_ref(&t, "c.com", "/").is_none());
 }
 
 #[test]

@@ -11,9 +11,9 @@ for b in $BACKENDS; do
   i=$((i+1))
   dir=$(mktemp -d /tmp/dari-bench-XXXX)
   port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-  trap '"$DARI" lab down --dir "$dir" >/dev/null 2>&1 || true' EXIT
+  trap '"$DARI" lab down --dir "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
   DARI_LOG=warn "$DARI" lab up --nodes bn$i-cp,bn$i-w1,bn$i-w2 --backend "$b" --prefix dbn$i --subnet 172.31.8$i.0/24 \
-    --cluster-cidr 10.24$((8+i)).0.0/16 --api-listen 127.0.0.1:$port --dir "$dir" >/dev/null 2>&1
+    --cluster-cidr 10.$((247+i)).0.0/16 --api-listen 127.0.0.1:$port --dir "$dir" >/dev/null 2>&1
   export KUBECONFIG=$dir/kubeconfig
   kubectl apply -f - >/dev/null <<YAML
 apiVersion: v1
@@ -40,7 +40,11 @@ spec:
 YAML
   kubectl wait --for=condition=Ready pod --all --timeout=120s >/dev/null
   ip=$(kubectl get pod server -o jsonpath='{.status.podIP}')
-  until kubectl exec server -- test -s /www/big 2>/dev/null && [ "$(kubectl exec server -- wc -c < /dev/null 2>/dev/null; kubectl exec server -- sh -c 'wc -c < /www/big')" = "104857600" ]; do sleep 0.5; done
+  # the file is complete once it has 100 MB (poll, bounded)
+  n=0
+  until [ "$(kubectl exec server -- sh -c 'wc -c < /www/big' 2>/dev/null | tr -d ' ')" = "104857600" ]; do
+    n=$((n+1)); [ $n -lt 120 ] || { echo "server never wrote /www/big" >&2; exit 1; }; sleep 0.5
+  done
   for c in far near; do
     where=$([ $c = far ] && echo "across nodes" || echo "same node")
     for run in 1 2 3; do
@@ -49,5 +53,6 @@ YAML
     kubectl exec $c -- ping -c 20 -i 0.2 -q "$ip" | awk -v b="$b" -v w="$where" -F/ '/rtt|round-trip/ {printf "%-8s %-13s ping rtt avg %s ms\n", b, w, $4}'
   done
   "$DARI" lab down --dir "$dir" >/dev/null 2>&1
+  rm -rf "$dir"
   trap - EXIT
 done

@@ -7,6 +7,9 @@
 //!                     works after a crash at any point)
 //! kubeconfig          admin kubeconfig for the host: https://127.0.0.1:6443 (the forwarder)
 //! server/             dari server --data-dir (admin.kubeconfig, node-token, datastore)
+//! server2/ ...        further servers (`--servers N`, etcd only): a copy of server/pki and node-token
+//! etcd/pki/           `dari certs etcd` output (ca.crt, etcdN.crt/.key, apiserver-etcd-client.crt/.key)
+//! etcd/etcdN/         etcd member data (`--datastore etcd`)
 //! nodes/NAME/         dari agent --data-dir (its containerd root/state/socket)
 //! images/*.tar        stand-in images
 //! logs/*.log pids/*.pid
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{LabError, Result};
 use crate::forward::{Dialer, ForwardArgs};
+use crate::ha::{self, EtcdMember, EtcdPki, ServerInfo};
 use crate::net::{self, netns_path, RealNet};
 use crate::plan::{self, LabOpts, LabPlan, NodePlan};
 use crate::procs::{self, ProcSpec};
@@ -80,9 +84,17 @@ pub struct LabUpArgs {
     /// Node names, the first is the control plane (e.g. myk8s-control-plane,myk8s-worker,...).
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
-    /// Datastore of the API server.
-    #[arg(long, default_value = "sqlite", value_parser = ["sqlite"])]
+    /// Datastore of the API server(s): sqlite (embedded in the one server) or etcd (a
+    /// `--etcd-members` etcd cluster inside the lab, TLS with client-certificate auth).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "etcd"])]
     pub datastore: String,
+    /// Number of `dari server`s, on the first nodes (more than one needs `--datastore etcd`);
+    /// agents and the 127.0.0.1 forwarder fail over between them.
+    #[arg(long, default_value_t = 1)]
+    pub servers: usize,
+    /// Number of etcd members with `--datastore etcd` (odd), member i on node i mod nodes.
+    #[arg(long, default_value_t = 3)]
+    pub etcd_members: usize,
     /// Pod network backend between nodes: vxlan (the default: an overlay over UDP 8472 on the
     /// lab LAN, pod MTU = LAN MTU - 50, what nodes on different links need) or host-gw (plain
     /// routes via the node IPs, possible because all lab nodes share one LAN).
@@ -132,6 +144,8 @@ impl Default for LabUpArgs {
             workers: 3,
             nodes: vec![],
             datastore: "sqlite".into(),
+            servers: 1,
+            etcd_members: 3,
             backend: "vxlan".into(),
             dir: DEFAULT_DIR.into(),
             prefix: "dari".into(),
@@ -192,6 +206,25 @@ pub struct LabState {
     /// Each node's `dari agent` command line (for `start-agent`).
     #[serde(default)]
     pub agents: std::collections::BTreeMap<String, Vec<String>>,
+    /// The `dari server`s (empty in a state written by an older dari: one, `server`, on the
+    /// first node).
+    #[serde(default)]
+    pub servers: Vec<ServerInfo>,
+    /// The etcd members (empty with sqlite).
+    #[serde(default)]
+    pub etcd: Vec<EtcdMember>,
+}
+
+impl LabState {
+    /// The servers, also for a state from before `--servers` existed.
+    pub fn servers(&self) -> Vec<ServerInfo> {
+        if self.servers.is_empty() {
+            let cp = self.plan.control_plane();
+            vec![ServerInfo { name: "server".into(), node: cp.name.clone(), ip: cp.ip() }]
+        } else {
+            self.servers.clone()
+        }
+    }
 }
 
 /// The lab's paths.
@@ -213,6 +246,18 @@ impl LabDirs {
     /// The server's data dir.
     pub fn server(&self) -> PathBuf {
         self.root.join("server")
+    }
+    /// The data dir of the server named `name` (`server`, `server2`, ...).
+    pub fn server_named(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+    /// etcd data dirs and certificates.
+    pub fn etcd(&self) -> PathBuf {
+        self.root.join("etcd")
+    }
+    /// The certificates `dari certs etcd` writes.
+    pub fn etcd_pki(&self) -> EtcdPki {
+        EtcdPki { dir: self.etcd().join("pki") }
     }
     /// A node's agent data dir.
     pub fn node(&self, name: &str) -> PathBuf {
@@ -239,12 +284,18 @@ pub fn default_nodes(workers: usize) -> Vec<String> {
 
 /// `dari server` inside the control-plane namespace (pure).
 pub fn server_argv(dari: &Path, plan: &LabPlan, dirs: &LabDirs, service_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Vec<String> {
-    let ip = plan.control_plane().ip().to_string();
+    server_argv_on(dari, plan.control_plane().ip(), &dirs.server(), service_cidr, cluster_cidr)
+}
+
+/// `dari server` on the node with address `ip`, data in `data_dir` (pure); datastore flags
+/// (`ha::server_etcd_flags`) go after it.
+pub fn server_argv_on(dari: &Path, ip: std::net::Ipv4Addr, data_dir: &Path, service_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Vec<String> {
+    let ip = ip.to_string();
     vec![
         dari.display().to_string(),
         "server".into(),
         "--data-dir".into(),
-        dirs.server().display().to_string(),
+        data_dir.display().to_string(),
         "--bind-address".into(),
         ip.clone(),
         "--secure-port".into(),
@@ -297,6 +348,18 @@ pub fn agent_argv(dari: &Path, plan: &LabPlan, node: &NodePlan, dirs: &LabDirs, 
         "--ingress-class".into(),
         "nginx".into(),
     ]
+}
+
+/// `argv` with the value of `--server` replaced by the servers' URLs, comma separated (pure):
+/// an agent given several servers runs its own failover load balancer.
+pub fn with_servers(mut argv: Vec<String>, servers: &[ServerInfo]) -> Vec<String> {
+    let urls: Vec<String> = servers.iter().map(|s| format!("https://{}:{API_PORT}", s.ip)).collect();
+    if let Some(i) = argv.iter().position(|a| a == "--server") {
+        if let Some(v) = argv.get_mut(i + 1) {
+            *v = urls.join(",");
+        }
+    }
+    argv
 }
 
 /// The forwarder process: `dari lab forward ARGS`, or `dari-lab forward ARGS` when this is the
@@ -434,6 +497,11 @@ pub async fn up(args: LabUpArgs) -> Result<LabInfo> {
     let nodes = if args.nodes.is_empty() { default_nodes(args.workers) } else { args.nodes.clone() };
     let opts = LabOpts { prefix: args.prefix.clone(), subnet: args.subnet, mtu: args.mtu, ..LabOpts::default() };
     let plan = plan::plan(&nodes, &opts)?;
+    if args.servers > 1 && args.datastore != "etcd" {
+        return Err(LabError::plan(format!("--servers {} needs --datastore etcd (SQLite is one server's own file)", args.servers)));
+    }
+    let servers = ha::servers(&plan, args.servers)?;
+    let etcd = if args.datastore == "etcd" { ha::etcd_members(&plan, args.etcd_members)? } else { Vec::new() };
     if let Some(old) = read_state(&dirs)? {
         if old.plan.namespaces().iter().any(|n| netns_path(n).exists()) {
             return Err(LabError::plan(format!("a lab is already up in {} (run `dari lab down --dir {}` first)", dirs.root.display(), dirs.root.display())));
@@ -453,9 +521,9 @@ pub async fn up(args: LabUpArgs) -> Result<LabInfo> {
     let agents = plan
         .nodes
         .iter()
-        .map(|n| (n.name.clone(), agent_argv(&dari, &plan, n, &dirs, &args.backend, args.cluster_cidr, args.service_cidr)))
+        .map(|n| (n.name.clone(), with_servers(agent_argv(&dari, &plan, n, &dirs, &args.backend, args.cluster_cidr, args.service_cidr), &servers)))
         .collect();
-    let state = LabState { plan: plan.clone(), dari: dari.clone(), api_listen: args.api_listen, backend: args.backend.clone(), agents };
+    let state = LabState { plan: plan.clone(), dari: dari.clone(), api_listen: args.api_listen, backend: args.backend.clone(), agents, servers, etcd };
     std::fs::create_dir_all(&dirs.root).map_err(|e| LabError::io("create", &dirs.root, e))?;
     let json = serde_json::to_vec_pretty(&state).map_err(|e| LabError::State { path: dirs.state(), source: e })?;
     std::fs::write(dirs.state(), json).map_err(|e| LabError::io("write", dirs.state(), e))?;
@@ -517,32 +585,49 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
         Some(blocking(move || crate::images::build_images_with(&out, &crate::images::default_inputs()?, &mut |l| progress(l))).await?)
     };
 
-    progress(&format!("[4/6] control plane: dari server on {}:{API_PORT} in {}", cp.ip(), cp.netns));
-    let server = ProcSpec {
-        name: "server".into(),
-        netns: Some(netns_path(&cp.netns)),
-        argv: server_argv(&state.dari, &plan, dirs, args.service_cidr, args.cluster_cidr),
-        env: vec![],
-    };
-    let spid = procs::spawn(&server, &dirs.root)?;
-    let dialer = Dialer::new(&netns_path(&cp.netns))?;
-    let upstream = SocketAddr::from((cp.ip(), API_PORT));
-    wait_tcp("dari server", Some(&dialer), upstream, timeout, Some(spid), &dirs.root.join("logs/server.log")).await?;
+    let servers = state.servers();
+    let mut datastore_flags = Vec::new();
+    if !state.etcd.is_empty() {
+        start_etcd(state, dirs, timeout).await?;
+        datastore_flags = ha::server_etcd_flags(&state.etcd, &dirs.etcd_pki());
+    }
+    let store = if state.etcd.is_empty() { "sqlite".to_string() } else { format!("etcd ({} members)", state.etcd.len()) };
+    for (i, srv) in servers.iter().enumerate() {
+        let node = plan.node(&srv.node).cloned().ok_or_else(|| LabError::plan(format!("server {} on unknown node {}", srv.name, srv.node)))?;
+        let data = dirs.server_named(&srv.name);
+        progress(&format!("[4/6] control plane: dari server {}/{} ({}) on {}:{API_PORT} in {}, datastore {store}", i + 1, servers.len(), srv.name, srv.ip, node.netns));
+        if i > 0 {
+            // a further server shares the first one's CA, certificates and join token
+            let (from, to) = (dirs.server(), data.clone());
+            blocking(move || copy_server_identity(&from, &to)).await?;
+            progress(&format!("      {} shares {}/pki and node-token", srv.name, dirs.server().display()));
+        }
+        let mut argv = server_argv_on(&state.dari, srv.ip, &data, args.service_cidr, args.cluster_cidr);
+        argv.extend(datastore_flags.iter().cloned());
+        let spec = ProcSpec { name: srv.name.clone(), netns: Some(netns_path(&node.netns)), argv, env: vec![] };
+        let pid = procs::spawn(&spec, &dirs.root)?;
+        let dialer = Dialer::new(&netns_path(&node.netns))?;
+        let log = dirs.root.join(format!("logs/{}.log", srv.name));
+        wait_tcp(&format!("dari server {}", srv.name), Some(&dialer), SocketAddr::from((srv.ip, API_PORT)), timeout, Some(pid), &log).await?;
+        if i == 0 {
+            let (a2, t2) = (dirs.server().join("admin.kubeconfig"), dirs.server().join("node-token"));
+            blocking(move || procs::wait_for("admin.kubeconfig and node-token", timeout, || a2.exists() && t2.exists())).await?;
+        }
+    }
     let admin = dirs.server().join("admin.kubeconfig");
-    let token = dirs.server().join("node-token");
-    let (a2, t2) = (admin.clone(), token.clone());
-    blocking(move || procs::wait_for("admin.kubeconfig and node-token", timeout, || a2.exists() && t2.exists())).await?;
-
+    // one server: dial from its node; several: from the hub, which reaches them all
+    let (fwd_ns, fwd_ns_name) = if servers.len() > 1 { (netns_path(&plan.hub.netns), plan.hub.netns.clone()) } else { (netns_path(&cp.netns), cp.netns.clone()) };
+    let upstreams: Vec<String> = servers.iter().map(|s| SocketAddr::from((s.ip, API_PORT)).to_string()).collect();
     let fwd = ProcSpec {
         name: "forward".into(),
         netns: None,
         argv: forwarder_argv(&state.dari, &[
             "--netns".into(),
-            netns_path(&cp.netns).display().to_string(),
+            fwd_ns.display().to_string(),
             "--listen".into(),
             state.api_listen.to_string(),
             "--upstream".into(),
-            upstream.to_string(),
+            upstreams.join(","),
         ]),
         env: vec![],
     };
@@ -551,35 +636,15 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
     let text = std::fs::read_to_string(&admin).map_err(|e| LabError::io("read", &admin, e))?;
     let kc = dirs.kubeconfig();
     std::fs::write(&kc, rewrite_kubeconfig(&text, &format!("https://{}", state.api_listen))).map_err(|e| LabError::io("write", &kc, e))?;
-    progress(&format!("      API on https://{} (forwarded into {})", state.api_listen, cp.netns));
+    if servers.len() > 1 {
+        progress(&format!("      API on https://{} (forwarded from {fwd_ns_name} to the first of {} that accepts)", state.api_listen, upstreams.join(", ")));
+    } else {
+        progress(&format!("      API on https://{} (forwarded into {fwd_ns_name})", state.api_listen));
+    }
 
-    // cluster DNS: `dari dns` on the control plane, forwarding to the lab's own resolver on the hub
-    // (never a public one), published as the kube-dns Service at the 10th service IP
-    let dns_ip = cluster_dns_ip(args.service_cidr).ok_or_else(|| LabError::Process { what: "cluster DNS".into(), detail: format!("service range {} has no 10th address", args.service_cidr), source: None })?;
-    let dns_cfg = dirs.root.join("cluster-dns.yaml");
-    std::fs::write(&dns_cfg, format!("forward: [\"{}\"]\n", plan.hub.addr.addr())).map_err(|e| LabError::io("write", &dns_cfg, e))?;
-    let cdns = ProcSpec {
-        name: "cluster-dns".into(),
-        netns: Some(netns_path(&cp.netns)),
-        argv: vec![
-            state.dari.display().to_string(),
-            "dns".into(),
-            "--dns-listen".into(),
-            format!("{}:53", cp.ip()),
-            "--dns-metrics-listen".into(),
-            format!("{}:9153", cp.ip()),
-            "--dns-config".into(),
-            dns_cfg.display().to_string(),
-            "--dns-kubeconfig".into(),
-            admin.display().to_string(),
-        ],
-        env: vec![],
-    };
-    procs::spawn(&cdns, &dirs.root)?;
-    let manifest = kube_dns_manifest(dns_ip, cp.ip());
-    let kc2 = kc.clone();
-    blocking(move || kubectl_apply(&kc2, &manifest)).await?;
-    progress(&format!("      cluster DNS: kube-dns {dns_ip} -> dari dns on {}:53 (upstream {})", cp.ip(), plan.hub.addr.addr()));
+    if servers.len() == 1 {
+        start_cluster_dns(args, dirs, state, &admin, &kc).await?;
+    }
 
     progress(&format!("[5/6] agents ({} backend)", state.backend));
     let mut agents = Vec::new();
@@ -619,6 +684,14 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
             r?;
         }
     }
+    if servers.len() > 1 {
+        // with several servers the DNS server watches the API through the control-plane
+        // agent's failover load balancer (same namespace, 127.0.0.1), not through one server
+        let lb = dirs.node(&cp.name).join("lb.kubeconfig");
+        let l2 = lb.clone();
+        blocking(move || procs::wait_for("the control-plane agent's lb.kubeconfig", timeout, || l2.exists())).await?;
+        start_cluster_dns(args, dirs, state, &lb, &kc).await?;
+    }
     if args.no_wait {
         progress("      not waiting for nodes to be Ready (--no-wait)");
     } else {
@@ -629,6 +702,138 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
     progress(&format!("[6/6] lab up in {:.1}s", t0.elapsed().as_secs_f64()));
     print_usage(dirs, state);
     Ok(Some(kc))
+}
+
+/// Cluster DNS: `dari dns` on the control plane, forwarding to the lab's own resolver on the hub
+/// (never a public one), published as the kube-dns Service at the 10th service IP. `api` is the
+/// kubeconfig it watches the API with.
+async fn start_cluster_dns(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, api: &Path, kc: &Path) -> Result<()> {
+    let plan = &state.plan;
+    let cp = plan.control_plane();
+    let dns_ip = cluster_dns_ip(args.service_cidr).ok_or_else(|| LabError::Process { what: "cluster DNS".into(), detail: format!("service range {} has no 10th address", args.service_cidr), source: None })?;
+    let dns_cfg = dirs.root.join("cluster-dns.yaml");
+    std::fs::write(&dns_cfg, format!("forward: [\"{}\"]\n", plan.hub.addr.addr())).map_err(|e| LabError::io("write", &dns_cfg, e))?;
+    let cdns = ProcSpec {
+        name: "cluster-dns".into(),
+        netns: Some(netns_path(&cp.netns)),
+        argv: vec![
+            state.dari.display().to_string(),
+            "dns".into(),
+            "--dns-listen".into(),
+            format!("{}:53", cp.ip()),
+            "--dns-metrics-listen".into(),
+            format!("{}:9153", cp.ip()),
+            "--dns-config".into(),
+            dns_cfg.display().to_string(),
+            "--dns-kubeconfig".into(),
+            api.display().to_string(),
+        ],
+        env: vec![],
+    };
+    procs::spawn(&cdns, &dirs.root)?;
+    let manifest = kube_dns_manifest(dns_ip, cp.ip());
+    let kc2 = kc.to_path_buf();
+    blocking(move || kubectl_apply(&kc2, &manifest)).await?;
+    progress(&format!("      cluster DNS: kube-dns {dns_ip} -> dari dns on {}:53 (upstream {}), API via {}", cp.ip(), plan.hub.addr.addr(), api.display()));
+    Ok(())
+}
+
+/// Copies what every server of one cluster shares: `pki/` (CA, admin and serving certificates;
+/// a server re-issues its serving certificate when its own address is missing) and `node-token`.
+fn copy_server_identity(from: &Path, to: &Path) -> Result<()> {
+    let (pki_from, pki_to) = (from.join("pki"), to.join("pki"));
+    std::fs::create_dir_all(&pki_to).map_err(|e| LabError::io("create", &pki_to, e))?;
+    let rd = std::fs::read_dir(&pki_from).map_err(|e| LabError::io("read", &pki_from, e))?;
+    for e in rd {
+        let e = e.map_err(|e| LabError::io("read", &pki_from, e))?;
+        if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            let dst = pki_to.join(e.file_name());
+            std::fs::copy(e.path(), &dst).map_err(|err| LabError::io("copy", &dst, err))?;
+        }
+    }
+    let dst = to.join("node-token");
+    std::fs::copy(from.join("node-token"), &dst).map_err(|e| LabError::io("copy", &dst, e))?;
+    Ok(())
+}
+
+/// `etcdctl endpoint health` against every member, run in the hub namespace (which reaches them
+/// all): (client URL, healthy) per member, or the error text when etcdctl could not run.
+pub async fn etcd_health(plan: &LabPlan, members: &[EtcdMember], pki: &EtcdPki) -> std::result::Result<Vec<(String, bool)>, String> {
+    let mut argv = ha::etcdctl_argv(members, pki);
+    argv.extend(["endpoint".to_string(), "health".to_string()]);
+    let spec = ProcSpec { name: "etcdctl".into(), netns: Some(netns_path(&plan.hub.netns)), argv, env: vec![] };
+    let line = procs::command_line(&spec);
+    let out = tokio::process::Command::new(&line[0])
+        .args(&line[1..])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .await
+        .map_err(|e| format!("etcdctl: {e} (apt-get install etcd-client)"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let h = ha::parse_health(&text);
+    if h.is_empty() {
+        return Err(text.trim().to_string());
+    }
+    Ok(h)
+}
+
+/// Certificates from the first server's CA (`dari certs etcd`, which creates the CA if there
+/// is none yet), one etcd per member in its node's namespace, then waits until all are healthy.
+async fn start_etcd(state: &LabState, dirs: &LabDirs, timeout: Duration) -> Result<()> {
+    let t = Instant::now();
+    let pki = dirs.etcd_pki();
+    let members = state.etcd.clone();
+    // a new cluster every time: an old member's data would not join `--initial-cluster-state new`
+    let etcd_dir = dirs.etcd();
+    if etcd_dir.exists() {
+        std::fs::remove_dir_all(&etcd_dir).map_err(|e| LabError::io("remove", &etcd_dir, e))?;
+    }
+    std::fs::create_dir_all(dirs.server()).map_err(|e| LabError::io("create", dirs.server(), e))?;
+    let certs = ha::certs_argv(&state.dari, &dirs.server(), &pki, &members);
+    let out = tokio::process::Command::new(&certs[0])
+        .args(&certs[1..])
+        .output()
+        .await
+        .map_err(|e| LabError::Process { what: "dari certs etcd".into(), detail: certs.join(" "), source: Some(e) })?;
+    if !out.status.success() {
+        return Err(LabError::Process { what: "dari certs etcd".into(), detail: String::from_utf8_lossy(&out.stderr).into_owned(), source: None });
+    }
+    progress(&format!("[4/6] etcd: {} members, TLS with client-certificate auth (certificates from {}/pki by `dari certs etcd`, in {})", members.len(), dirs.server().display(), pki.dir.display()));
+    if !Path::new("/usr/bin/etcd").exists() && which("etcd").is_none() {
+        return Err(LabError::Process { what: "etcd".into(), detail: "etcd not found (apt-get install etcd-server etcd-client)".into(), source: None });
+    }
+    let token = format!("{}-etcd", state.plan.opts.prefix);
+    for m in &members {
+        let node = state.plan.node(&m.node).ok_or_else(|| LabError::plan(format!("etcd member {} on unknown node {}", m.name, m.node)))?;
+        let data = etcd_dir.join(&m.name);
+        let spec = ProcSpec { name: m.name.clone(), netns: Some(netns_path(&node.netns)), argv: ha::etcd_argv(m, &members, &data, &pki, &token), env: vec![] };
+        let pid = procs::spawn(&spec, &dirs.root)?;
+        progress(&format!("      {:<8} {:<24} {} (peers {}), pid {pid}", m.name, m.node, m.client_url(), m.peer_url()));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let h = etcd_health(&state.plan, &members, &pki).await;
+        if let Ok(h) = &h {
+            if h.len() == members.len() && h.iter().all(|(_, ok)| *ok) {
+                break;
+            }
+        }
+        let alive = procs::pidfile_pids(&dirs.root);
+        if let Some(m) = members.iter().find(|m| !alive.iter().any(|(n, _)| *n == m.name)) {
+            let log = dirs.root.join(format!("logs/{}.log", m.name));
+            return Err(LabError::Process { what: format!("etcd member {}", m.name), detail: format!("exited; log {}:\n{}", log.display(), tail(&log, 15)), source: None });
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout { what: format!("etcd healthy (last: {h:?})"), secs: timeout.as_secs() });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    progress(&format!("      etcd healthy after {:.1}s", t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(prog)).find(|p| p.is_file()))
 }
 
 /// `NAME=True|False|Unknown` per node from `kubectl get nodes` (pure parser of the jsonpath output).
@@ -720,10 +925,22 @@ async fn down_dirs(dirs: &LabDirs) -> Result<DownReport> {
     };
     let root = dirs.root.clone();
     let plan = state.plan.clone();
+    let etcd_names: Vec<String> = state.etcd.iter().map(|m| m.name.clone()).collect();
     let report = blocking(move || {
         let mut rep = DownReport::default();
         let ns_paths: Vec<PathBuf> = plan.namespaces().iter().map(|n| netns_path(n)).filter(|p| p.exists()).collect();
         rep.processes = procs::lab_processes(&ns_paths, &root);
+        // etcd after the servers have exited (they release their Leases in it on SIGTERM), while
+        // the rest (containers that ignore SIGTERM ...) still use their grace period
+        let named = procs::pidfile_pids(&root);
+        let etcd_pids: Vec<i32> = named.iter().filter(|(n, _)| etcd_names.contains(n)).map(|(_, p)| *p).collect();
+        if !etcd_pids.is_empty() {
+            let server_pids: Vec<i32> = named.iter().filter(|(n, _)| n.starts_with("server")).map(|(_, p)| *p).collect();
+            for p in rep.processes.iter().filter(|p| !etcd_pids.contains(p)) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGTERM);
+            }
+            let _ = procs::wait_for("servers to exit", Duration::from_secs(5), || server_pids.iter().all(|p| !procs::alive(*p)));
+        }
         rep.killed = procs::stop(&rep.processes, Duration::from_secs(10));
         let mut n = RealNet::new()?;
         let own = plan.namespaces();
@@ -765,12 +982,40 @@ pub async fn status(args: LabDirArgs) -> Result<String> {
     for n in &state.plan.nodes {
         let role = match n.role {
             plan::Role::ControlPlane => "control-plane",
+            plan::Role::Worker if state.servers.iter().any(|sv| sv.node == n.name) => "control-plane",
             plan::Role::Worker => "worker",
         };
         let ns = if netns_path(&n.netns).exists() { "ok" } else { "missing" };
         s.push_str(&format!("{:<24} {:<14} {:<16} {:<8} {}\n", n.name, role, n.ip(), ns, pid_of(&format!("agent-{}", n.name))));
     }
-    s.push_str(&format!("server: {}   forwarder https://{}: {}\n", pid_of("server"), state.api_listen, pid_of("forward")));
+    let servers = state.servers();
+    if state.servers.len() <= 1 && state.etcd.is_empty() {
+        s.push_str(&format!("server: {}   forwarder https://{}: {}\n", pid_of("server"), state.api_listen, pid_of("forward")));
+    } else {
+        s.push_str(&format!("{:<10} {:<24} {:<28} {}\n", "SERVER", "NODE", "URL", "PROCESS"));
+        for sv in &servers {
+            s.push_str(&format!("{:<10} {:<24} {:<28} {}\n", sv.name, sv.node, format!("https://{}:{API_PORT}", sv.ip), pid_of(&sv.name)));
+        }
+        let ups: Vec<String> = servers.iter().map(|sv| format!("{}:{API_PORT}", sv.ip)).collect();
+        s.push_str(&format!("forwarder https://{} -> first of {} that accepts: {}\n", state.api_listen, ups.join(", "), pid_of("forward")));
+    }
+    if !state.etcd.is_empty() {
+        let health = etcd_health(&state.plan, &state.etcd, &dirs.etcd_pki()).await;
+        s.push_str(&format!("{:<10} {:<24} {:<28} {:<16} {}\n", "ETCD", "NODE", "CLIENT URL", "PROCESS", "HEALTH"));
+        for m in &state.etcd {
+            let url = m.client_url();
+            let h = match &health {
+                Ok(h) => h.iter().find(|(u, _)| *u == url).map(|(_, ok)| if *ok { "healthy" } else { "unhealthy" }).unwrap_or("unknown"),
+                Err(_) => "unknown",
+            };
+            s.push_str(&format!("{:<10} {:<24} {:<28} {:<16} {}\n", m.name, m.node, url, pid_of(&m.name), h));
+        }
+        if let Err(e) = &health {
+            s.push_str(&format!("etcd health: {}\n", e.lines().next().unwrap_or("")));
+        }
+        let pki = dirs.etcd_pki();
+        s.push_str(&format!("etcdctl: dari lab exec --dir {} {} -- {}\n", dirs.root.display(), state.etcd[0].node, ha::etcdctl_argv(&state.etcd, &pki).join(" ")));
+    }
     s.push_str(&format!("KUBECONFIG={}\n", dirs.kubeconfig().display()));
     print!("{s}");
     Ok(s)
@@ -955,6 +1200,28 @@ mod tests {
     }
 
     #[test]
+    fn agents_get_every_server() {
+        let p = plan::plan(&["cp".to_string(), "cp2".to_string(), "w1".to_string()], &LabOpts::default()).unwrap();
+        let dirs = LabDirs { root: "/l".into() };
+        let (cc, sc) = ("10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap());
+        let servers = ha::servers(&p, 2).unwrap();
+        let a = with_servers(agent_argv(Path::new("/d"), &p, &p.nodes[2], &dirs, "vxlan", cc, sc), &servers).join(" ");
+        assert!(a.starts_with("/d agent --server https://172.31.0.10:6443,https://172.31.0.11:6443 --kubeconfig /l/server/admin.kubeconfig"), "{a}");
+    }
+
+    #[test]
+    fn old_state_has_one_server() {
+        let p = plan::plan(&["cp".to_string(), "w1".to_string()], &LabOpts::default()).unwrap();
+        let st = LabState { plan: p, dari: "/d".into(), api_listen: "127.0.0.1:6443".parse().unwrap(), backend: "vxlan".into(), agents: Default::default(), servers: vec![], etcd: vec![] };
+        let mut v = serde_json::to_value(&st).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("servers");
+        o.remove("etcd");
+        let back: LabState = serde_json::from_value(v).unwrap();
+        assert_eq!(back.servers(), vec![ServerInfo { name: "server".into(), node: "cp".into(), ip: [172, 31, 0, 10].into() }]);
+    }
+
+    #[test]
     fn default_node_names() {
         assert_eq!(default_nodes(2), vec!["lab-control-plane", "lab-worker", "lab-worker2"]);
     }
@@ -973,6 +1240,11 @@ mod tests {
                 assert_eq!(u.nodes, vec!["myk8s-control-plane", "myk8s-worker"]);
                 assert_eq!(u.backend, "host-gw");
             }
+            _ => panic!("not up"),
+        }
+        let t = T::try_parse_from(["lab", "up", "--datastore", "etcd", "--servers", "2"]).unwrap();
+        match t.cmd {
+            LabCmd::Up(u) => assert_eq!((u.datastore.as_str(), u.servers, u.etcd_members), ("etcd", 2, 3)),
             _ => panic!("not up"),
         }
         let t = T::try_parse_from(["lab", "exec", "w1", "--", "ip", "-br", "addr"]).unwrap();

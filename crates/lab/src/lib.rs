@@ -4,7 +4,9 @@
 //! through the [`net::LabNet`] trait: rtnetlink for real, a recording fake for tests), then
 //! [`lab::up`] for the whole thing: namespaces, `dari server` and `dari agent` per node
 //! ([`procs`]), the API forwarder on 127.0.0.1:6443 ([`forward`]) and the stand-in images
-//! ([`images`], [`oci`]) that the seed scenarios name. [`applets`] are the small servers
+//! ([`images`], [`oci`]) that the seed scenarios name. [`ha`] plans the HA control plane of
+//! `--datastore etcd --servers N` (an etcd cluster in the node namespaces, several servers, a
+//! forwarder that fails over between them). [`applets`] are the small servers
 //! inside those images (whoami, echo-server, pause). The pod network between the nodes is
 //! `dari_net`'s (`--backend vxlan`, the default, or `host-gw`), run by each node's agent.
 //!
@@ -14,6 +16,7 @@
 pub mod applets;
 pub mod error;
 pub mod forward;
+pub mod ha;
 pub mod images;
 pub mod lab;
 pub mod net;

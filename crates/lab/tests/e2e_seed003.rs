@@ -2,7 +2,8 @@
 //! shared seed 003 manifests applied unchanged with the real kubectl, and the traffic checked
 //! from inside net-pod's own network namespace: ClusterIP spreads over the three webpods on
 //! three other nodes, the server sees net-pod's IP, port 80 is refused at once, session
-//! affinity pins the client, conntrack shows the DNAT; `lab down` leaves no namespace behind.
+//! affinity pins the client, conntrack shows the DNAT, a pod reaches another node; the root
+//! namespace never gets a route into the lab; `lab down` leaves the host exactly as before.
 
 mod common;
 
@@ -29,10 +30,43 @@ fn curl_in(ns: &str, url: &str) -> Output {
     run(Command::new("ip").args(["netns", "exec", ns, "curl", "-s", "--max-time", "3", url]))
 }
 
+/// What the lab may touch on the host, restricted to this lab (other tests run labs of their own
+/// concurrently): root-namespace links and routes into the lab's ranges, network namespaces,
+/// mounts and processes of this lab, and the root namespace's nftables tables.
+fn host_state(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    let mut out = Vec::new();
+    let links = ok(Command::new("ip").args(["-o", "link", "show"]));
+    out.extend(links.lines().filter(|l| l.contains(PREFIX)).map(|l| format!("link {l}")));
+    out.extend(root_routes_into_lab().into_iter().map(|l| format!("route {l}")));
+    let netns = ok(Command::new("ip").args(["netns", "list"]));
+    out.extend(netns.lines().filter(|l| l.starts_with(PREFIX)).map(|l| format!("netns {l}")));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    out.extend(mounts.lines().filter(|l| l.contains(&d) || l.contains(&format!("/{PREFIX}-"))).map(|l| format!("mount {l}")));
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&d) {
+            out.push(format!("process {}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    let tables = ok(Command::new("nft").args(["list", "tables"]));
+    out.extend(tables.lines().map(|l| format!("nft {l}")));
+    out.sort();
+    out
+}
+
+/// Routes of the root namespace into the lab's LAN or pod ranges (the network rule: none, ever).
+fn root_routes_into_lab() -> Vec<String> {
+    let routes = ok(Command::new("ip").args(["route", "show", "table", "all"]));
+    routes.lines().filter(|l| l.contains("172.31.77.") || l.contains("10.244.")).map(str::to_string).collect()
+}
+
 #[test]
 fn seed003_clusterip_across_four_nodes() {
     assert!(nix_is_root(), "the lab end-to-end test needs root (CI runs as root)");
     let lab = Lab::new("dari-e2e");
+    let before = host_state(lab.dir.path());
     let port = free_port();
     let started = Instant::now();
     ok(Command::new(dari())
@@ -44,6 +78,7 @@ fn seed003_clusterip_across_four_nodes() {
 
     let nodes = ok(&mut lab.kubectl(&["get", "nodes", "--no-headers"]));
     assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 4, "{nodes}");
+    assert_eq!(root_routes_into_lab(), Vec::<String>::new(), "the root namespace must have no route into the lab");
 
     let dir = scenario();
     ok(&mut lab.kubectl(&["apply", "-f", dir.to_str().expect("utf8")]));
@@ -65,6 +100,11 @@ fn seed003_clusterip_across_four_nodes() {
     let svc = ok(&mut lab.kubectl(&["get", "svc", "svc-clusterip", "-o", "jsonpath={.spec.clusterIP}"]));
     let net_ip = ok(&mut lab.kubectl(&["get", "pod", "net-pod", "-o", "jsonpath={.status.podIP}"]));
     let ns = netns_of(&net_ip);
+
+    // pod -> node: another node's agent endpoint answers net-pod
+    let worker_ip = ok(&mut lab.kubectl(&["get", "node", "myk8s-worker", "-o", "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}"]));
+    let o = run(Command::new("ip").args(["netns", "exec", &ns, "curl", "-sk", "--max-time", "3"]).arg(format!("https://{worker_ip}:10250/healthz")));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok", "pod -> node {worker_ip}: {o:?}");
 
     // port 80 is not a Service port: refused at once, not a hang
     let t = Instant::now();
@@ -181,4 +221,6 @@ fn seed003_clusterip_across_four_nodes() {
     ok(Command::new(dari()).args(["lab", "down", "--dir"]).arg(lab.dir.path()));
     let left = ok(Command::new("ip").args(["netns", "list"]));
     assert!(!left.lines().any(|l| l.starts_with(PREFIX)), "namespaces left after down:\n{left}");
+    // ... and the host is as it was: links, routes, namespaces, mounts, processes, nftables
+    assert_eq!(host_state(lab.dir.path()), before, "lab down must leave the host exactly as before");
 }

@@ -205,9 +205,9 @@ impl std::fmt::Display for Backend {
 /// The flags of the pod network (flattened into `dari agent`).
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct NetArgs {
-    /// Pod network backend between nodes: host-gw (routes via node IPs; nodes share a link) or
-    /// vxlan (overlay over UDP 8472; pod MTU must be at most the underlay MTU - 50, see --mtu).
-    #[arg(long, value_enum, default_value_t = Backend::HostGw)]
+    /// Pod network backend between nodes: vxlan (default, as flannel: overlay over UDP 8472; pod MTU must be at
+    /// most the underlay MTU - 50, see --mtu) or host-gw (routes via node IPs; nodes must share a link).
+    #[arg(long, value_enum, default_value_t = Backend::Vxlan)]
     pub backend: Backend,
     /// Name of the VXLAN device (vxlan backend).
     #[arg(long, default_value = "dari.1")]
@@ -222,7 +222,7 @@ pub struct NetArgs {
 
 impl Default for NetArgs {
     fn default() -> Self {
-        NetArgs { backend: Backend::HostGw, vxlan_device: "dari.1".into(), vxlan_vni: 1, vxlan_port: 8472 }
+        NetArgs { backend: Backend::Vxlan, vxlan_device: "dari.1".into(), vxlan_vni: 1, vxlan_port: 8472 }
     }
 }
 

@@ -6,13 +6,17 @@
 //! at the end; the host's tables are never touched.
 //!
 //! Figures, each the median of `BENCH_REPEAT` (default 3) runs:
-//! - render: objects -> Ruleset (pure); plan: the diff (pure)
-//! - full sync into a fresh netns (the Syncer's full path)
+//! - render: objects -> Ruleset (pure, everything; what a full sync needs)
+//! - full sync into a fresh netns (`Syncer::sync_state(.., true)`: listing + add/flush all,
+//!   through netlink), with the calling thread's CPU time (kernel work in its syscalls included)
 //! - full-table rewrite of the same ruleset with `nft -f` (the kube-proxy-style baseline)
-//! - add 1 Service when N exist / remove 1 endpoint: render, plan, apply through netlink (and,
-//!   for comparison, the same transaction through `nft -f`)
-//! - proxy RSS: a child process holding what the proxy holds (the API objects, the last applied
-//!   ruleset) after a full sync and one incremental sync
+//! - add 1 Service when N exist / remove 1 endpoint: `ProxyState` (re-render + plan of the
+//!   changed Service only) + apply through netlink, wall and CPU time (and, for comparison,
+//!   the same transactions through `nft -f`)
+//! - proxy RSS: a child process holding what the proxy holds (a `ProxyState` fed the objects
+//!   one by one, which are then dropped) after a full sync and one incremental sync
+//! `BENCH_ONLY=full` / `BENCH_ONLY=rss` stop after those parts. The machine is shared (load
+//! average ~10 on 2 cores while this was written): wall times include waiting for a core.
 //! - first-packet latency: TCP connect to a ClusterIP (new conntrack entry: the SYN walks the
 //!   nat chains) with 10 and with N Services loaded, from a netns to a server in another netns
 //! - baseline: kube-proxy iptables mode equivalent via `iptables-nft-restore` (if it works here).
@@ -27,22 +31,21 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dari_proxy::sync::Syncer;
-use dari_proxy::{render, NetlinkApplier, NftApply, NftCli, NodeFacts, ProxyConfig, Ruleset};
+use dari_proxy::{render, NetlinkApplier, NftApply, NftCli, NodeFacts, ProxyConfig, ProxyState, Ruleset};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+fn object(i: usize) -> (Service, EndpointSlice) {
+    let name = format!("svc{i}");
+    let cip = format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
+    let svc = service("bench", &name, &cip, &[tcp("http", 80, 8080)]);
+    let eps: Vec<String> = (0..10).map(|k| format!("10.{}.{}.{}", 128 + (i * 10 + k) / 65536, ((i * 10 + k) / 256) % 256, (i * 10 + k) % 256)).collect();
+    let refs: Vec<(&str, &str, Cond)> = eps.iter().map(|e| (e.as_str(), "other-node", Cond::Ready)).collect();
+    (svc, slice("bench", &name, "x", &[("http", "TCP", 8080)], &refs))
+}
+
 fn objects(n: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
-    let mut services = Vec::with_capacity(n);
-    let mut slices = Vec::with_capacity(n);
-    for i in 0..n {
-        let name = format!("svc{i}");
-        let cip = format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
-        services.push(service("bench", &name, &cip, &[tcp("http", 80, 8080)]));
-        let eps: Vec<String> = (0..10).map(|k| format!("10.{}.{}.{}", 128 + (i * 10 + k) / 65536, ((i * 10 + k) / 256) % 256, (i * 10 + k) % 256)).collect();
-        let refs: Vec<(&str, &str, Cond)> = eps.iter().map(|e| (e.as_str(), "other-node", Cond::Ready)).collect();
-        slices.push(slice("bench", &name, "x", &[("http", "TCP", 8080)], &refs));
-    }
-    (services, slices)
+    (0..n).map(object).unzip()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -58,6 +61,16 @@ fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
 
 fn sh(cmd: &str) -> bool {
     Command::new("sh").arg("-c").arg(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// CPU time of the calling thread (ns), kernel work done in its syscalls included
+/// (/proc/thread-self/schedstat). The machine is shared: wall times include waiting for a core.
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
 }
 
 fn rss_kb(field: &str) -> u64 {
@@ -163,17 +176,27 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Child mode: what the proxy holds with N Services, after a full and an incremental sync.
+/// Child mode: what the proxy holds with N Services (its ProxyState: compact inputs and the
+/// rendered fragments; the API objects are dropped once ingested, as the watch loop does), after
+/// a full and an incremental sync.
 fn rss_child(n: usize, path: &str) {
     let node = NodeFacts { name: "bench-node".into(), addresses: vec!["172.18.0.2".parse().unwrap()] };
     let cfg = ProxyConfig { cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()], ..ProxyConfig::default() };
-    let (mut services, mut slices) = objects(n);
+    let mut st = ProxyState::new(node, cfg);
+    for i in 0..n {
+        let (svc, sl) = object(i);
+        st.upsert_service(&svc);
+        st.upsert_slice(&sl);
+    }
+    let after_ingest = rss_kb("VmRSS:");
+    let _ = st.take_changes_for_full_sync();
+    let after_render = rss_kb("VmRSS:");
     let mut s = Syncer::new(Arc::new(NetlinkApplier::in_netns(path)));
-    s.sync(render(&services, &slices, &node, &cfg), true).unwrap();
-    services.push(service("bench", "added", "10.99.0.1", &[tcp("http", 80, 8080)]));
-    slices.push(slice("bench", "added", "x", &[("http", "TCP", 8080)], &[("10.250.0.1", "other-node", Cond::Ready)]));
-    s.sync(render(&services, &slices, &node, &cfg), false).unwrap();
-    println!("{} {}", rss_kb("VmHWM:"), rss_kb("VmRSS:"));
+    s.sync_state(&mut st, true).unwrap();
+    st.upsert_service(&service("bench", "added", "10.99.0.1", &[tcp("http", 80, 8080)]));
+    st.upsert_slice(&slice("bench", "added", "x", &[("http", "TCP", 8080)], &[("10.250.0.1", "other-node", Cond::Ready)]));
+    s.sync_state(&mut st, false).unwrap();
+    println!("{} {} {} {}", rss_kb("VmHWM:"), rss_kb("VmRSS:"), after_render, after_ingest);
 }
 
 /// Median TCP connect time to `dst` from inside `client` (each connect is a new flow).
@@ -222,20 +245,40 @@ fn main() {
     if !nix::unistd::geteuid().is_root() || !sh("command -v nft") || !sh("command -v ip") {
         panic!("the kernel part needs root, nft (apt nftables) and ip (apt iproute2)");
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("rss") {
+        let exe = std::env::current_exe().unwrap();
+        let child_ns = Ns::new("r");
+        let out = Command::new(exe).env("BENCH_RSS_CHILD", child_ns.path()).env("BENCH_SERVICES", n.to_string()).output().unwrap();
+        println!("rss child: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        return;
+    }
     let ns = Ns::new("a");
     let path = ns.path();
     let cli = Arc::new(NftCli::in_netns(&path));
 
     // Full sync (listing + add/flush every object), fresh namespace state each time.
+    let state = || ProxyState::from_objects(&services, &slices, node.clone(), cfg.clone());
     let mut full = Vec::new();
+    let mut full_cpu = Vec::new();
     for _ in 0..repeat {
         ns.reset();
-        let mut s = Syncer::new(Arc::new(NetlinkApplier::in_netns(&path)));
-        let (d, r) = time(|| s.sync(rs.clone(), true));
-        r.expect("full sync");
+        let mut st = state();
+        let _ = st.ruleset();
+        let nl = Arc::new(NetlinkApplier::in_netns(&path));
+        let mut s = Syncer::new(nl.clone());
+        let c0 = thread_cpu();
+        let (d, r) = time(|| s.sync_state(&mut st, true));
+        full_cpu.push(thread_cpu() - c0);
+        let out = r.expect("full sync");
         full.push(d);
+        let (netlink, cli) = nl.counts();
+        println!("  full sync went through {}: listing + transaction {}, apply {}",
+            if netlink == 1 { "netlink" } else if cli == 1 { "nft -f" } else { "?" }, ms(out.plan_time), ms(out.apply_time));
     }
-    println!("full sync (nft -f, add+flush all):      {:>10}", ms(median(full)));
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("full") {
+        return;
+    }
+    println!("full sync (listing + add/flush all):    {:>10}  (this thread's CPU {}; nft's CPU not included)", ms(median(full)), ms(median(full_cpu)));
 
     // Full-table rewrite baseline (the same ruleset, `table {}` blocks after delete).
     let script = full_rewrite_script(&rs);
@@ -249,47 +292,64 @@ fn main() {
     let rewrite = median(rw);
     println!("baseline: full-table rewrite, nft -f:   {:>10}", ms(rewrite));
 
-    // Add one Service, remove one endpoint: render + plan + apply (netlink), vs nft -f.
-    let mut plus = services.clone();
-    plus.push(service("bench", "added", "10.99.0.1", &[tcp("http", 80, 8080)]));
-    let mut plus_slices = slices.clone();
-    plus_slices.push(slice("bench", "added", "x", &[("http", "TCP", 8080)], &[("10.250.0.1", "other-node", Cond::Ready)]));
-    let mut minus_slices = slices.clone();
-    minus_slices[0].endpoints.pop();
-    let (mut add_r, mut add_p, mut add_a, mut del_r, mut del_p, mut del_a) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    // Add one Service, remove one endpoint: ProxyState (re-render + plan of what changed) +
+    // apply through netlink, vs nft -f.
+    let added = (
+        service("bench", "added", "10.99.0.1", &[tcp("http", 80, 8080)]),
+        slice("bench", "added", "x", &[("http", "TCP", 8080)], &[("10.250.0.1", "other-node", Cond::Ready)]),
+    );
+    let mut minus = slices[0].clone();
+    minus.endpoints.pop();
+    let (mut add_p, mut add_a, mut add_c, mut del_p, mut del_a, mut del_c) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut via_netlink = (0, 0);
     for _ in 0..repeat {
         ns.reset();
         let nl = Arc::new(NetlinkApplier::in_netns(&path));
+        let mut st = state();
         let mut s = Syncer::new(nl.clone());
-        s.sync(rs.clone(), true).expect("base");
+        s.sync_state(&mut st, true).expect("base");
         nl.connect().expect("netlink socket");
-        let (dr, plus_rs) = time(|| render(&plus, &plus_slices, &node, &cfg));
-        let out = s.sync(plus_rs, false).expect("add one");
-        add_r.push(dr);
-        add_p.push(out.plan_time);
+        let c0 = thread_cpu();
+        let t0 = Instant::now();
+        st.upsert_service(&added.0);
+        st.upsert_slice(&added.1);
+        let out = s.sync_state(&mut st, false).expect("add one");
+        let total = t0.elapsed();
+        add_c.push(thread_cpu() - c0);
+        add_p.push(total - out.apply_time);
         add_a.push(out.apply_time);
-        s.sync(rs.clone(), false).expect("back");
-        let (dr, minus_rs) = time(|| render(&services, &minus_slices, &node, &cfg));
-        let out = s.sync(minus_rs, false).expect("remove endpoint");
-        del_r.push(dr);
-        del_p.push(out.plan_time);
+        st.delete_service("bench", "added");
+        st.delete_slice("bench", "added-x");
+        s.sync_state(&mut st, false).expect("back");
+        let c0 = thread_cpu();
+        let t0 = Instant::now();
+        st.upsert_slice(&minus);
+        let out = s.sync_state(&mut st, false).expect("remove endpoint");
+        let total = t0.elapsed();
+        del_c.push(thread_cpu() - c0);
+        del_p.push(total - out.apply_time);
         del_a.push(out.apply_time);
+        st.upsert_slice(&slices[0]);
+        s.sync_state(&mut st, false).expect("back");
         via_netlink = nl.counts();
     }
-    println!("add 1 Service:    render {:>9}  plan {:>9}  apply (netlink) {:>9}   vs full rewrite {}",
-        ms(median(add_r)), ms(median(add_p)), ms(median(add_a)), ms(rewrite));
-    println!("remove 1 endpoint: render {:>9}  plan {:>9}  apply (netlink) {:>9}   vs full rewrite {}",
-        ms(median(del_r)), ms(median(del_p)), ms(median(del_a)), ms(rewrite));
-    println!("  (transactions via netlink / via nft -f in the last round: {} / {}; the full syncs are the nft -f ones)", via_netlink.0, via_netlink.1);
-    // The same incremental transactions through `nft -f` (what the stopgap cost).
+    println!("add 1 Service:     render+plan {:>9}  apply (netlink) {:>9}  total CPU {:>9}   vs full rewrite {}",
+        ms(median(add_p)), ms(median(add_a)), ms(median(add_c)), ms(rewrite));
+    println!("remove 1 endpoint: render+plan {:>9}  apply (netlink) {:>9}  total CPU {:>9}   vs full rewrite {}",
+        ms(median(del_p)), ms(median(del_a)), ms(median(del_c)), ms(rewrite));
+    println!("  (transactions via netlink / via nft -f in the last round: {} / {})", via_netlink.0, via_netlink.1);
+    // The same incremental transactions through `nft -f`.
     {
         ns.reset();
+        let mut st = state();
         let mut s = Syncer::new(cli.clone());
-        s.sync(rs.clone(), true).expect("base");
-        let out = s.sync(render(&plus, &plus_slices, &node, &cfg), false).expect("add one");
-        let out2 = s.sync(render(&services, &minus_slices, &node, &cfg), false).expect("remove endpoint");
-        println!("same transactions via nft -f:  add 1 Service {:>9}, remove 1 endpoint {:>9} (after render+plan)", ms(out.apply_time), ms(out2.apply_time));
+        s.sync_state(&mut st, true).expect("base");
+        st.upsert_service(&added.0);
+        st.upsert_slice(&added.1);
+        let out = s.sync_state(&mut st, false).expect("add one");
+        st.upsert_slice(&minus);
+        let out2 = s.sync_state(&mut st, false).expect("remove endpoint");
+        println!("same transactions via nft -f:  add 1 Service {:>9}, remove 1 endpoint {:>9} (apply only)", ms(out.apply_time), ms(out2.apply_time));
     }
     ns.reset();
 
@@ -299,8 +359,9 @@ fn main() {
     let out = Command::new(exe).env("BENCH_RSS_CHILD", child_ns.path()).env("BENCH_SERVICES", n.to_string()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let mut it = text.split_whitespace().filter_map(|v| v.parse::<u64>().ok());
-    if let (Some(hwm), Some(now)) = (it.next(), it.next()) {
-        println!("proxy RSS with {n} Services (objects + last ruleset, after full + incremental sync): peak {} MB, after {} MB", hwm / 1024, now / 1024);
+    if let (Some(hwm), Some(now), Some(rendered), Some(ingested)) = (it.next(), it.next(), it.next(), it.next()) {
+        println!("proxy RSS with {n} Services (ProxyState): after ingest {} MB, + render {} MB; after full + incremental sync {} MB; peak {} MB",
+            ingested / 1024, rendered / 1024, now / 1024, hwm / 1024);
     } else {
         println!("proxy RSS child FAILED: {}", String::from_utf8_lossy(&out.stderr));
     }

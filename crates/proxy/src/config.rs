@@ -54,9 +54,12 @@ pub struct ProxyConfig {
     pub nodeport_localhost: bool,
     /// Packet mark bit used for "masquerade this" (default `0x4000`, as kube-proxy).
     pub masquerade_mark: u32,
-    /// Pick endpoints with one `numgen random mod N vmap { .. }` per Service (kube-proxy's
-    /// layout) instead of a cascade of `numgen random mod N-k == 0 goto` rules. Default false:
-    /// the anonymous vmaps make big transactions quadratic in the kernel (see the benchmark).
+    /// Pick endpoints with one `dnat ip to numgen random mod N map { .. }` per Service port
+    /// (O(1) per packet, like kube-proxy's vmap) instead of a cascade of `numgen random mod
+    /// N-k == 0 ... dnat` rules. Default false: every anonymous map is a set the kernel finds by
+    /// walking the table's list of sets, so big transactions go quadratic, and the netlink
+    /// applier does not encode it (such transactions go through `nft -f`). Ignored with
+    /// session affinity.
     pub numgen_vmap: bool,
 }
 

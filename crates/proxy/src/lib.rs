@@ -10,18 +10,23 @@
 //! - [`model`]: a model of the kernel table that applies transactions (property tests).
 //! - [`NftApply`]: where transactions go ([`NetlinkApplier`] sends nf_tables netlink batches,
 //!   falling back to [`NftCli`], which runs `nft -f -`; [`RecordingApplier`] is a fake).
-//! - [`Syncer`]: keeps the last applied state and decides full vs incremental sync.
+//! - [`ProxyState`]: the inputs in compact form plus each Service's rendered fragment; an update
+//!   re-renders and plans only the Services that changed ([`ProxyState::take_changes`]).
+//! - [`Syncer`]: decides full vs incremental sync ([`Syncer::sync_state`] for a [`ProxyState`],
+//!   [`Syncer::sync`] for whole rulesets).
 //! - [`run`] / [`ProxyArgs`]: the controller (`dari proxy --kubeconfig K --node-name N`).
 
 pub mod apply;
 pub mod config;
 pub mod error;
+pub mod inputs;
 pub mod model;
 pub mod netlink;
 pub mod nft;
 pub mod render;
 pub mod server;
 pub mod show;
+pub mod state;
 pub mod sync;
 
 pub use apply::{NftApply, NftCli, RecordingApplier};
@@ -32,4 +37,5 @@ pub use nft::{plan, Family, Op, Ruleset, Transaction};
 pub use render::render;
 pub use server::{run, show_from_api, ProxyArgs, ProxyRunConfig, ProxyServer};
 pub use show::show;
+pub use state::ProxyState;
 pub use sync::Syncer;

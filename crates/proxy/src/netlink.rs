@@ -5,22 +5,28 @@
 //! (its cache), so with 10,000 Services (110,000 chains) even a one-element change costs about
 //! one second. A netlink batch costs what it changes.
 //!
-//! What is encoded here (everything an incremental sync of ClusterIP/NodePort Services needs):
-//! tables, chains (regular and base), `flush chain`, `delete chain|set|table`, `flush set|map`,
-//! elements of sets/maps whose keys are `ipv4_addr`/`ipv6_addr`/`inet_proto`/`inet_service` (or
-//! concatenations) and whose values are verdicts, and rules made of: `ip|ip6 saddr|daddr [!=]
-//! ADDR[/PREFIX]`, `tcp|udp|sctp dport N`, `meta l4proto P`, `numgen random mod N == K`,
-//! then `jump|goto CHAIN`, `return`, `drop`, `accept` or `dnat to ADDR:PORT`.
-//! Anything else (`add set` definitions, affinity `update @set`, comments, `fib`, `reject`,
-//! `masquerade`, mark arithmetic, vmap lookups) is [`Unsupported`]: the whole transaction then
-//! goes through `nft -f` instead, so it stays one atomic transaction either way.
+//! What is encoded here (everything the renderer writes in its default layout, full syncs
+//! included): tables, chains (regular and base), `flush chain`, `delete chain|set|table`,
+//! `add set|map` (keys of `ipv4_addr`/`ipv6_addr`/`inet_proto`/`inet_service` or concatenations,
+//! verdict maps, `dynamic,timeout` sets), `flush set|map`, elements of static sets and verdict
+//! maps, and rules made of: `ip|ip6 saddr|daddr [!=] ADDR[/PREFIX]`, `... @set`, concatenations
+//! (`ip daddr . meta l4proto . th dport`) looked up in a set or a verdict map (`vmap @map`),
+//! `tcp|udp|sctp dport N`, `meta l4proto P`, `numgen random mod N == K`, `ct state new`,
+//! `ct status dnat`, `fib saddr type local`, `meta mark and M == V`, `meta mark set meta mark
+//! or|xor M`, `update @set { ip saddr }`, then `jump|goto CHAIN`, `return`, `drop`, `accept`,
+//! `dnat to ADDR:PORT`, `masquerade [fully-random]` or `reject`, and a trailing `comment "..."`.
+//! Anything else (anonymous sets such as `ip saddr != { A, B }` with several cluster CIDRs, the
+//! `numgen_vmap` layout) is [`Unsupported`]: the whole transaction then goes through `nft -f`
+//! instead, so it stays one atomic transaction either way.
 //! The encodings match what `nft --debug=netlink` shows for the same text; the netns tests
 //! compare `nft list` of a netlink-applied table with an `nft -f`-applied one.
 //!
-//! What is left at 10,000 Services: a batch that adds any jump/goto (a rule or a vmap element)
-//! makes the kernel re-validate the table's whole jump graph at commit (`nft_table_validate`,
-//! seen with `perf`), about 0.15-0.2 s for 110,000 chains on this machine. That is kernel work
-//! any nftables client pays (nft, knftables); fewer chains per endpoint would shrink it.
+//! What is left at 10,000 Services: a batch that adds a rule with an expression the kernel
+//! validates (a `dnat`, a jump/goto, `meta mark set` ...) or a verdict-map element makes the
+//! kernel re-validate every chain reachable from the base chains at commit
+//! (`nft_table_validate` -> `nft_chain_validate`, seen with `perf`): about 50 ms of CPU for
+//! 10,000 Service chains here. Any nftables client pays it (nft, knftables); only fewer rules
+//! and expressions in the reachable chains shrink it.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -55,6 +61,7 @@ const MSG_NEWCHAIN: u16 = 3;
 const MSG_DELCHAIN: u16 = 5;
 const MSG_NEWRULE: u16 = 6;
 const MSG_DELRULE: u16 = 8;
+const MSG_NEWSET: u16 = 9;
 const MSG_DELSET: u16 = 11;
 const MSG_NEWSETELEM: u16 = 12;
 const MSG_DELSETELEM: u16 = 14;
@@ -70,8 +77,20 @@ const HOOK_PRIORITY: u16 = 2;
 const RULE_TABLE: u16 = 1;
 const RULE_CHAIN: u16 = 2;
 const RULE_EXPRESSIONS: u16 = 4;
+const RULE_USERDATA: u16 = 7;
 const SET_TABLE: u16 = 1;
 const SET_NAME: u16 = 2;
+const SET_FLAGS: u16 = 3;
+const SET_KEY_TYPE: u16 = 4;
+const SET_KEY_LEN: u16 = 5;
+const SET_DATA_TYPE: u16 = 6;
+const SET_DATA_LEN: u16 = 7;
+const SET_ID: u16 = 10;
+const SET_TIMEOUT: u16 = 11;
+const NFT_SET_MAP: u32 = 0x8;
+const NFT_SET_TIMEOUT: u32 = 0x10;
+const NFT_SET_EVAL: u32 = 0x20;
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 const LIST_ELEM: u16 = 1;
 const EXPR_NAME: u16 = 1;
 const EXPR_DATA: u16 = 2;
@@ -92,6 +111,16 @@ const NFT_GOTO: i32 = -4;
 const NFT_RETURN: i32 = -5;
 
 const META_L4PROTO: u32 = 16;
+const META_MARK: u32 = 3;
+const CT_STATE: u32 = 0;
+const CT_STATUS: u32 = 2;
+const CT_STATE_NEW: u32 = 1 << 3;
+const IPS_DST_NAT: u32 = 0x20;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_SADDR: u32 = 1;
+const RTN_LOCAL: u32 = 2;
+const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
+const NFT_DYNSET_OP_UPDATE: u32 = 1;
 const PAYLOAD_NETWORK: u32 = 1;
 const PAYLOAD_TRANSPORT: u32 = 2;
 const CMP_EQ: u32 = 0;
@@ -116,11 +145,13 @@ struct Batch {
     seq: u32,
     /// Sequence number of the last message (the only one that asks for an ACK).
     last_msg: Option<(usize, u32)>,
+    /// Last NFTA_SET_ID handed out.
+    set_id: u32,
 }
 
 impl Batch {
     fn new() -> Self {
-        let mut b = Batch { buf: Vec::with_capacity(4096), seq: 0, last_msg: None };
+        let mut b = Batch { buf: Vec::with_capacity(4096), seq: 0, last_msg: None, set_id: 0 };
         let start = b.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0);
         b.buf.extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
         b.finish(start);
@@ -240,7 +271,7 @@ impl Batch {
         Ok(())
     }
 
-    fn rule(&mut self, t: &TableRef, chain: &str, exprs: &[Expr]) -> Result<(), Unsupported> {
+    fn rule(&mut self, t: &TableRef, chain: &str, exprs: &[Expr], comment: Option<&str>) -> Result<(), Unsupported> {
         let s = self.msg(MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, t.family);
         self.str(RULE_TABLE, &t.name);
         self.str(RULE_CHAIN, chain);
@@ -286,11 +317,70 @@ impl Batch {
                     self.u32(5, 2); // proto min: reg 2
                     self.u32(7, NF_NAT_RANGE_PROTO_SPECIFIED);
                 }
+                Expr::Lookup { set } => {
+                    self.str(1, set); // NFTA_LOOKUP_SET
+                    self.u32(2, 1); // sreg 1
+                }
+                Expr::LookupVmap { set } => {
+                    self.str(1, set);
+                    self.u32(2, 1); // sreg 1
+                    self.u32(3, 0); // dreg: verdict
+                }
+                Expr::PayloadR { base, offset, len, dreg } => {
+                    self.u32(1, *dreg);
+                    self.u32(2, *base);
+                    self.u32(3, *offset);
+                    self.u32(4, *len);
+                }
+                Expr::MetaR { key, dreg } => {
+                    self.u32(2, *key);
+                    self.u32(1, *dreg);
+                }
+                Expr::Ct { key } => {
+                    self.u32(1, 1); // dreg
+                    self.u32(2, *key);
+                }
+                Expr::FibSaddrType => {
+                    self.u32(1, 1); // dreg
+                    self.u32(2, NFT_FIB_RESULT_ADDRTYPE);
+                    self.u32(3, NFTA_FIB_F_SADDR);
+                }
+                Expr::Masq { flags } => {
+                    self.u32(1, *flags);
+                }
+                Expr::Reject { code } => {
+                    self.u32(1, 0); // NFT_REJECT_ICMP_UNREACH
+                    self.attr(2, &[*code]);
+                }
+                Expr::Bitwise { mask, xor } => {
+                    self.u32(1, 1); // sreg
+                    self.u32(2, 1); // dreg
+                    self.u32(3, mask.len() as u32);
+                    self.value(4, mask)?;
+                    self.value(5, xor)?;
+                }
+                Expr::MetaSet { key } => {
+                    self.u32(2, *key);
+                    self.u32(3, 1); // sreg 1
+                }
+                Expr::DynsetUpdate { set } => {
+                    self.str(1, set); // NFTA_DYNSET_SET_NAME
+                    self.u32(3, NFT_DYNSET_OP_UPDATE);
+                    self.u32(4, 1); // sreg key 1
+                }
             }
             self.end_nest(d)?;
             self.end_nest(el)?;
         }
         self.end_nest(list)?;
+        if let Some(c) = comment {
+            // NFTA_RULE_USERDATA: one TLV, NFTNL_UDATA_RULE_COMMENT (0), the text with its NUL.
+            let len = u8::try_from(c.len() + 1).map_err(|_| Unsupported(format!("comment {c:?}")))?;
+            let mut ud = vec![0u8, len];
+            ud.extend_from_slice(c.as_bytes());
+            ud.push(0);
+            self.attr(RULE_USERDATA, &ud);
+        }
         self.finish(s);
         Ok(())
     }
@@ -315,6 +405,61 @@ impl Batch {
             self.end_nest(list)?;
             self.finish(s);
         }
+        Ok(())
+    }
+
+    /// `add set|map` (NFT_MSG_NEWSET): key type and length from the `type` line, verdict data
+    /// for maps, `dynamic,timeout` flags with the default timeout. Like nft, without the
+    /// userdata nft keeps for its own printing (not needed for these key types).
+    fn new_set(&mut self, t: &TableRef, set: &Set) -> Result<(), Unsupported> {
+        let bad = || Unsupported(format!("set {} of type {:?}", set.name, set.type_));
+        let (key, data) = match set.type_.split_once(" : ") {
+            Some((k, d)) => (k, Some(d)),
+            None => (set.type_.as_str(), None),
+        };
+        let mut key_type = 0u32;
+        let mut key_len = 0u32;
+        let fields: Vec<&str> = key.split(" . ").collect();
+        for f in &fields {
+            let (id, len) = match *f {
+                "ipv4_addr" => (7, 4),
+                "ipv6_addr" => (8, 16),
+                "inet_proto" => (12, 1),
+                "inet_service" => (13, 2),
+                _ => return Err(bad()),
+            };
+            key_type = (key_type << 6) | id;
+            key_len += if fields.len() > 1 { (len + 3) / 4 * 4 } else { len };
+        }
+        let mut flags = 0u32;
+        if data.is_some() {
+            flags |= NFT_SET_MAP;
+        }
+        match set.flags {
+            None => {}
+            Some("dynamic,timeout") => flags |= NFT_SET_TIMEOUT | NFT_SET_EVAL,
+            Some(_) => return Err(bad()),
+        }
+        let m = self.msg(MSG_NEWSET, NLM_F_CREATE, t.family);
+        self.str(SET_TABLE, &t.name);
+        self.str(SET_NAME, &set.name);
+        self.u32(SET_FLAGS, flags);
+        self.u32(SET_KEY_TYPE, key_type);
+        self.u32(SET_KEY_LEN, key_len);
+        match data {
+            None => {}
+            Some("verdict") => {
+                self.u32(SET_DATA_TYPE, NFT_DATA_VERDICT);
+                self.u32(SET_DATA_LEN, 0);
+            }
+            Some(_) => return Err(bad()),
+        }
+        self.set_id += 1;
+        self.u32(SET_ID, self.set_id);
+        if let Some(secs) = set.timeout_secs {
+            self.attr(SET_TIMEOUT, &(u64::from(secs) * 1000).to_be_bytes());
+        }
+        self.finish(m);
         Ok(())
     }
 
@@ -348,6 +493,28 @@ enum Expr {
     ImmVerdict(Verdict),
     ImmValue { reg: u32, data: Vec<u8> },
     Dnat { family: u8 },
+    /// `lookup reg 1 set NAME`.
+    Lookup { set: String },
+    /// `lookup reg 1 set NAME dreg 0` (verdict map).
+    LookupVmap { set: String },
+    /// `payload load LEN @ BASE + OFFSET => reg DREG` (concatenations).
+    PayloadR { base: u32, offset: u32, len: u32, dreg: u32 },
+    /// `meta load KEY => reg DREG` (concatenations).
+    MetaR { key: u32, dreg: u32 },
+    /// `ct load KEY => reg 1`.
+    Ct { key: u32 },
+    /// `fib saddr type => reg 1`.
+    FibSaddrType,
+    /// `masq flags F`.
+    Masq { flags: u32 },
+    /// `reject type 0 code C` (ICMP port unreachable).
+    Reject { code: u8 },
+    /// `bitwise reg 1 = (reg 1 & mask) ^ xor` (4 bytes).
+    Bitwise { mask: Vec<u8>, xor: Vec<u8> },
+    /// `meta set KEY with reg 1`.
+    MetaSet { key: u32 },
+    /// `dynset update reg_key 1 set NAME`.
+    DynsetUpdate { set: String },
 }
 
 impl Expr {
@@ -359,6 +526,16 @@ impl Expr {
             Expr::Numgen { .. } => "numgen",
             Expr::ImmVerdict(_) | Expr::ImmValue { .. } => "immediate",
             Expr::Dnat { .. } => "nat",
+            Expr::Lookup { .. } | Expr::LookupVmap { .. } => "lookup",
+            Expr::PayloadR { .. } => "payload",
+            Expr::MetaR { .. } => "meta",
+            Expr::Ct { .. } => "ct",
+            Expr::FibSaddrType => "fib",
+            Expr::Masq { .. } => "masq",
+            Expr::Reject { .. } => "reject",
+            Expr::Bitwise { .. } => "bitwise",
+            Expr::MetaSet { .. } => "meta",
+            Expr::DynsetUpdate { .. } => "dynset",
         }
     }
 }
@@ -373,6 +550,13 @@ fn proto_number(p: &str) -> Option<u8> {
         "udp" => Some(17),
         "sctp" => Some(132),
         _ => None,
+    }
+}
+
+fn parse_u32(t: &str) -> Option<u32> {
+    match t.strip_prefix("0x") {
+        Some(h) => u32::from_str_radix(h, 16).ok(),
+        None => t.parse().ok(),
     }
 }
 
@@ -399,7 +583,23 @@ fn parse_verdict(text: &str) -> Result<Verdict, Unsupported> {
     Ok(v)
 }
 
-/// Compiles one rule (nft text as the renderer writes it) into expressions.
+/// Splits a trailing `comment "..."` off a rule.
+fn split_comment(rule: &str) -> (&str, Option<&str>) {
+    if let Some(pos) = rule.find(" comment \"") {
+        let c = &rule[pos + 10..];
+        if let Some(text) = c.strip_suffix('"') {
+            if !text.contains('"') {
+                return (&rule[..pos], Some(text));
+            }
+        }
+    }
+    if let Some(c) = rule.strip_prefix("comment \"").and_then(|c| c.strip_suffix('"')) {
+        return ("", Some(c));
+    }
+    (rule, None)
+}
+
+/// Compiles one rule (nft text as the renderer writes it, without a comment) into expressions.
 fn compile_rule(family: Family, rule: &str) -> Result<Vec<Expr>, Unsupported> {
     let toks: Vec<&str> = rule.split_whitespace().collect();
     let mut out = Vec::new();
@@ -409,6 +609,50 @@ fn compile_rule(family: Family, rule: &str) -> Result<Vec<Expr>, Unsupported> {
         out.push(Expr::Cmp { op: CMP_EQ, data: vec![p] });
     };
     while i < toks.len() {
+        // A concatenation `A . B [. C] @set` / `A . B vmap @map`.
+        if toks.get(i + 2) == Some(&".") {
+            let mut word = 0u32;
+            loop {
+                let (base, offset, len, meta) = match (toks.get(i), toks.get(i + 1)) {
+                    (Some(&k), Some(&"saddr")) if k == family.keyword() => match family {
+                        Family::Ip => (PAYLOAD_NETWORK, 12, 4, false),
+                        Family::Ip6 => (PAYLOAD_NETWORK, 8, 16, false),
+                    },
+                    (Some(&k), Some(&"daddr")) if k == family.keyword() => match family {
+                        Family::Ip => (PAYLOAD_NETWORK, 16, 4, false),
+                        Family::Ip6 => (PAYLOAD_NETWORK, 24, 16, false),
+                    },
+                    (Some(&"meta"), Some(&"l4proto")) => (0, 0, 1, true),
+                    (Some(&"th"), Some(&"dport")) => (PAYLOAD_TRANSPORT, 2, 2, false),
+                    _ => return Err(unsupported(rule)),
+                };
+                let dreg = if word == 0 { 1 } else { 8 + word };
+                if meta {
+                    out.push(Expr::MetaR { key: META_L4PROTO, dreg });
+                } else {
+                    out.push(Expr::PayloadR { base, offset, len, dreg });
+                }
+                word += len.div_ceil(4);
+                i += 2;
+                if toks.get(i) == Some(&".") {
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            match (toks.get(i), toks.get(i + 1)) {
+                (Some(&"vmap"), Some(set)) if set.starts_with('@') && toks.len() == i + 2 => {
+                    out.push(Expr::LookupVmap { set: set[1..].to_string() });
+                    return Ok(out);
+                }
+                (Some(set), _) if set.starts_with('@') => {
+                    out.push(Expr::Lookup { set: set[1..].to_string() });
+                    i += 1;
+                    continue;
+                }
+                _ => return Err(unsupported(rule)),
+            }
+        }
         match toks[i] {
             "ip" | "ip6" if toks[i] == family.keyword() && matches!(toks.get(i + 1), Some(&"saddr") | Some(&"daddr")) => {
                 let (addr_len, off) = match (family, toks[i + 1]) {
@@ -424,18 +668,42 @@ fn compile_rule(family: Family, rule: &str) -> Result<Vec<Expr>, Unsupported> {
                     i += 1;
                 }
                 let text = toks.get(i).ok_or_else(|| unsupported(rule))?;
+                if let Some(set) = text.strip_prefix('@') {
+                    if op != CMP_EQ {
+                        return Err(unsupported(rule));
+                    }
+                    out.push(Expr::Payload { base: PAYLOAD_NETWORK, offset: off, len: addr_len });
+                    out.push(Expr::Lookup { set: set.to_string() });
+                    i += 1;
+                    continue;
+                }
                 let (addr, prefix) = match text.split_once('/') {
                     Some((a, p)) => (a, p.parse::<u32>().map_err(|_| unsupported(rule))?),
                     None => (*text, addr_len * 8),
                 };
                 let ip: IpAddr = addr.parse().map_err(|_| unsupported(rule))?;
                 let bytes = addr_bytes(ip);
-                if bytes.len() as u32 != addr_len || prefix == 0 || prefix > addr_len * 8 || prefix % 8 != 0 {
+                if bytes.len() as u32 != addr_len || prefix == 0 || prefix > addr_len * 8 {
                     return Err(unsupported(rule));
                 }
-                let n = prefix / 8;
-                out.push(Expr::Payload { base: PAYLOAD_NETWORK, offset: off, len: n });
-                out.push(Expr::Cmp { op, data: bytes[..n as usize].to_vec() });
+                if prefix % 8 == 0 {
+                    let n = prefix / 8;
+                    out.push(Expr::Payload { base: PAYLOAD_NETWORK, offset: off, len: n });
+                    out.push(Expr::Cmp { op, data: bytes[..n as usize].to_vec() });
+                } else {
+                    // As nft: load the whole address, mask, compare.
+                    let n = addr_len;
+                    let mask: Vec<u8> = (0..n)
+                        .map(|b| {
+                            let bits = prefix.saturating_sub(b * 8).min(8);
+                            (0xffu16 << (8 - bits)) as u8
+                        })
+                        .collect();
+                    let data: Vec<u8> = bytes[..n as usize].iter().zip(&mask).map(|(a, m)| a & m).collect();
+                    out.push(Expr::Payload { base: PAYLOAD_NETWORK, offset: off, len: n });
+                    out.push(Expr::Bitwise { mask, xor: vec![0; n as usize] });
+                    out.push(Expr::Cmp { op, data });
+                }
                 i += 1;
             }
             p @ ("tcp" | "udp" | "sctp") if toks.get(i + 1) == Some(&"dport") => {
@@ -449,6 +717,74 @@ fn compile_rule(family: Family, rule: &str) -> Result<Vec<Expr>, Unsupported> {
                 let p = toks.get(i + 2).and_then(|t| proto_number(t)).ok_or_else(|| unsupported(rule))?;
                 l4(&mut out, p);
                 i += 3;
+            }
+            // `meta mark set meta mark or M`: mark |= M (load, bitwise, store).
+            "meta" if toks[i..].starts_with(&["meta", "mark", "set", "meta", "mark", "or"]) => {
+                let m = toks.get(i + 6).and_then(|t| parse_u32(t)).ok_or_else(|| unsupported(rule))?;
+                out.push(Expr::Meta { key: META_MARK });
+                out.push(Expr::Bitwise { mask: (!m).to_ne_bytes().to_vec(), xor: m.to_ne_bytes().to_vec() });
+                out.push(Expr::MetaSet { key: META_MARK });
+                i += 7;
+            }
+            // `update @SET { ip saddr }` (affinity).
+            "update" => {
+                let (Some(set), Some(&"{"), Some(ipk), Some(&"saddr"), Some(&"}")) =
+                    (toks.get(i + 1).and_then(|t| t.strip_prefix('@')), toks.get(i + 2), toks.get(i + 3), toks.get(i + 4), toks.get(i + 5))
+                else {
+                    return Err(unsupported(rule));
+                };
+                if *ipk != family.keyword() {
+                    return Err(unsupported(rule));
+                }
+                let (len, off) = match family {
+                    Family::Ip => (4, 12),
+                    Family::Ip6 => (16, 8),
+                };
+                out.push(Expr::Payload { base: PAYLOAD_NETWORK, offset: off, len });
+                out.push(Expr::DynsetUpdate { set: set.to_string() });
+                i += 6;
+            }
+            // `meta mark and M == V` (a test of mark bits).
+            "meta" if toks[i..].starts_with(&["meta", "mark", "and"]) && toks.get(i + 4) == Some(&"==") => {
+                let m = toks.get(i + 3).and_then(|t| parse_u32(t)).ok_or_else(|| unsupported(rule))?;
+                let v = toks.get(i + 5).and_then(|t| parse_u32(t)).ok_or_else(|| unsupported(rule))?;
+                out.push(Expr::Meta { key: META_MARK });
+                out.push(Expr::Bitwise { mask: m.to_ne_bytes().to_vec(), xor: vec![0; 4] });
+                out.push(Expr::Cmp { op: CMP_EQ, data: v.to_ne_bytes().to_vec() });
+                i += 6;
+            }
+            // `meta mark set meta mark xor M`.
+            "meta" if toks[i..].starts_with(&["meta", "mark", "set", "meta", "mark", "xor"]) => {
+                let m = toks.get(i + 6).and_then(|t| parse_u32(t)).ok_or_else(|| unsupported(rule))?;
+                out.push(Expr::Meta { key: META_MARK });
+                out.push(Expr::Bitwise { mask: u32::MAX.to_ne_bytes().to_vec(), xor: m.to_ne_bytes().to_vec() });
+                out.push(Expr::MetaSet { key: META_MARK });
+                i += 7;
+            }
+            "ct" if matches!(toks.get(i + 1..i + 3), Some(["state", "new"]) | Some(["status", "dnat"])) => {
+                let (key, bit) = if toks[i + 1] == "state" { (CT_STATE, CT_STATE_NEW) } else { (CT_STATUS, IPS_DST_NAT) };
+                out.push(Expr::Ct { key });
+                out.push(Expr::Bitwise { mask: bit.to_ne_bytes().to_vec(), xor: vec![0; 4] });
+                out.push(Expr::Cmp { op: CMP_NEQ, data: vec![0; 4] });
+                i += 3;
+            }
+            "fib" if toks.get(i + 1..i + 4) == Some(&["saddr", "type", "local"]) => {
+                out.push(Expr::FibSaddrType);
+                out.push(Expr::Cmp { op: CMP_EQ, data: RTN_LOCAL.to_ne_bytes().to_vec() });
+                i += 4;
+            }
+            "masquerade" => {
+                let flags = match toks.get(i + 1) {
+                    None => 0,
+                    Some(&"fully-random") if toks.len() == i + 2 => NF_NAT_RANGE_PROTO_RANDOM_FULLY,
+                    _ => return Err(unsupported(rule)),
+                };
+                out.push(Expr::Masq { flags });
+                return Ok(out);
+            }
+            "reject" if toks.len() == i + 1 => {
+                out.push(Expr::Reject { code: if family == Family::Ip { 3 } else { 4 } });
+                return Ok(out);
             }
             "numgen" => {
                 let (Some(&"random"), Some(&"mod"), Some(m), Some(&"=="), Some(k)) =
@@ -480,8 +816,11 @@ fn compile_rule(family: Family, rule: &str) -> Result<Vec<Expr>, Unsupported> {
             _ => return Err(unsupported(rule)),
         }
     }
-    // A rule without a verdict or statement: the renderer writes none.
-    Err(unsupported(rule))
+    // A rule must end in a verdict or a statement (a bare match: the renderer writes none).
+    match out.last() {
+        Some(Expr::MetaSet { .. } | Expr::DynsetUpdate { .. }) => Ok(out),
+        _ => Err(unsupported(rule)),
+    }
 }
 
 /// Key bytes of a set element, from its text and the set's `type` line.
@@ -539,8 +878,11 @@ fn encode(tx: &Transaction) -> Result<(Vec<u8>, Option<u32>), Unsupported> {
                 b.str(RULE_CHAIN, c);
                 b.finish(s);
             }
-            Op::AddRule(t, c, r) => b.rule(t, c, &compile_rule(t.family, r)?)?,
-            Op::AddSet(_, s) => return Err(Unsupported(format!("add set {} (definition)", s.name))),
+            Op::AddRule(t, c, r) => {
+                let (body, comment) = split_comment(r);
+                b.rule(t, c, &compile_rule(t.family, body)?, comment)?
+            }
+            Op::AddSet(t, s) => b.new_set(t, s)?,
             Op::FlushSet(t, s, _) => {
                 let m = b.msg(MSG_DELSETELEM, 0, t.family);
                 b.str(ELEM_LIST_TABLE, &t.name);
@@ -737,19 +1079,42 @@ mod tests {
     fn compiles_the_rules_of_a_clusterip_service() {
         let f = Family::Ip;
         for r in [
-            "ip daddr 10.200.1.10 tcp dport 9000 ip saddr != 10.10.0.0/16 jump mark-for-masquerade",
-            "numgen random mod 2 == 0 goto ep-default/svc/tcp/p80__10.10.1.2/80",
-            "goto ep-default/svc/tcp/p80__10.10.1.2/80",
-            "ip saddr 10.10.1.2 jump mark-for-masquerade",
+            "ip daddr 10.200.1.10 tcp dport 9000 ip saddr != 10.10.0.0/16 meta mark set meta mark or 0x4000",
+            "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.10.1.2:80",
+            "goto svc-default/svc/tcp/p80",
+            "meta mark set meta mark or 0x4000",
             "meta l4proto tcp dnat to 10.10.1.2:80",
+            "ip saddr @aff-x meta l4proto tcp update @aff-x { ip saddr } dnat to 10.10.1.2:80",
+            "numgen random mod 2 == 0 meta l4proto tcp update @aff-x { ip saddr } dnat to 10.10.1.2:80",
         ] {
             assert!(compile_rule(f, r).is_ok(), "{r}");
         }
         assert!(compile_rule(Family::Ip6, "meta l4proto udp dnat to [fd00::1]:53").is_ok());
         for r in [
-            "update @aff-x { ip saddr }",
+            "ct state new jump service-endpoints-check",
+            "ip daddr . meta l4proto . th dport vmap @service-ips",
+            "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+            "ip daddr @cluster-ips reject",
+            "ip daddr 10.200.0.0/20 drop",
+            "meta mark and 0x4000 == 0 return",
+            "meta mark set meta mark xor 0x4000",
+            "masquerade fully-random",
+            "ct status dnat ip saddr . ip daddr @hairpin-ips masquerade fully-random",
+            "fib saddr type local meta mark set meta mark or 0x4000",
             "reject",
-            "ip saddr 10.0.0.0/12 jump x",
+        ] {
+            assert!(compile_rule(f, r).is_ok(), "{r}");
+        }
+        assert_eq!(split_comment("drop comment \"no local endpoints\""), ("drop", Some("no local endpoints")));
+        // As `nft --debug=netlink`: a /20 loads the whole address and masks it.
+        let e = compile_rule(f, "ip daddr 10.200.0.0/20 drop").expect("compiles");
+        assert_eq!(e[1], Expr::Bitwise { mask: vec![0xff, 0xff, 0xf0, 0], xor: vec![0; 4] });
+        assert_eq!(e[2], Expr::Cmp { op: CMP_EQ, data: vec![10, 200, 0, 0] });
+        for r in [
+            "update @aff-x { ip daddr }",
+            "update @aff-x { ip6 saddr } accept",
+            "ip saddr != { 10.0.0.0/8, 192.168.0.0/16 } jump x",
+            "meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.0.0.1 . 80, 1 : 10.0.0.2 . 80 }",
             "drop comment \"no local endpoints\"",
             "ip daddr 10.0.0.1",
             "dnat to 10.0.0.1:80",

@@ -135,7 +135,7 @@ pub struct Table {
     pub name: String,
     /// Sets and maps, by name.
     pub sets: BTreeMap<String, Set>,
-    /// Chains in render order (base chains first, then each service followed by its endpoints).
+    /// Chains in render order (base chains first, then each Service's chains).
     pub chains: Vec<Chain>,
 }
 
@@ -447,7 +447,7 @@ fn references_set(rule: &str, name: &str) -> bool {
 }
 
 /// An Fx-style hasher (8 bytes per step): chain names are trusted input, and SipHash over
-/// 110,000 names is a visible part of a 10,000-Service plan.
+/// every chain name is a visible part of a whole-ruleset plan.
 #[derive(Default)]
 struct Fnv(u64);
 

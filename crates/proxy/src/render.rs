@@ -6,15 +6,24 @@
 //! nat-prerouting / nat-output  -> jump services
 //! services:   ip daddr . meta l4proto . th dport vmap @service-ips
 //!             ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
-//! svc-NS/NAME/PROTO/PORT   (all endpoints)   masquerade-if-from-outside, affinity, random pick
-//!                          (`numgen random mod N-k == 0 goto ep-k` cascade; `numgen_vmap` for the vmap)
+//! svc-NS/NAME/PROTO/PORT   (all endpoints)   mark-if-from-outside, affinity, random pick + DNAT
+//!                          (`numgen random mod N-k == 0 ... dnat to EP-k` cascade;
+//!                          `numgen_vmap`: one `dnat ip to numgen random mod N map { .. }`)
 //! svl-NS/NAME/PROTO/PORT   (local endpoints, for trafficPolicy Local)
-//! ext-NS/NAME/PROTO/PORT   (NodePort, externalIPs, LB IPs) mark-for-masquerade, goto svc-/svl-
-//! ep-NS/NAME/PROTO/PORT__IP/PORT  hairpin masquerade, affinity update, dnat
+//! ext-NS/NAME/PROTO/PORT   (NodePort, externalIPs, LB IPs) mark for masquerade, goto svc-/svl-
 //! filter-{input,forward,output}: ct state new -> no-endpoint-services (reject / drop),
 //!             cluster-ips-check (reject other ports of a ClusterIP)
-//! nat-postrouting -> masquerading: masquerade what carries the mark
+//! nat-postrouting -> masquerading: masquerade hairpin (`@hairpin-ips`: EP . EP) and what
+//!             carries the mark
 //! ```
+//!
+//! One chain per Service port, none per endpoint: the DNAT is in the Service chain, the
+//! masquerade mark is set inline (no shared chain to jump to), hairpin traffic (a pod reaching
+//! itself through its Service) is recognised in postrouting by `ip saddr . ip daddr` in a set of
+//! `EP . EP` pairs, and session affinity keeps one dynamic set per endpoint
+//! (`ip saddr @aff-.. update @aff-.. { ip saddr } dnat to EP`). Fewer chains and rules matter: a
+//! batch that adds a `dnat`, a jump or a verdict-map element makes the kernel re-validate every
+//! chain reachable from the base chains at commit.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +33,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::config::{NodeFacts, ProxyConfig};
+use crate::inputs::{PortInfo, SliceInfo, SvcInfo, SvcKey};
 use crate::nft::{Chain, Family, Hook, Ruleset, Set, Table};
 
 /// Label on an EndpointSlice naming its Service.
@@ -32,7 +42,6 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
 const REJECT_CHAIN: &str = "reject-chain";
-const MARK_CHAIN: &str = "mark-for-masquerade";
 
 /// Transport protocol of a Service port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,38 +109,43 @@ pub fn resolve_endpoints<E: Borrow<EndpointSlice>>(
     family: Family,
     node_name: &str,
 ) -> Vec<ResolvedEndpoint> {
+    let infos: Vec<SliceInfo> =
+        slices.iter().filter_map(|s| SliceInfo::from_slice((*s).borrow(), node_name)).collect();
+    let refs: Vec<&SliceInfo> = infos.iter().collect();
+    resolve_port(&PortInfo::from(port), &refs, family)
+}
+
+/// [`resolve_endpoints`] on the compact forms.
+pub fn resolve_port(port: &PortInfo, slices: &[&SliceInfo], family: Family) -> Vec<ResolvedEndpoint> {
     let want_type = match family {
         Family::Ip => "IPv4",
         Family::Ip6 => "IPv6",
     };
-    let port_name = port.name.as_deref().unwrap_or("");
-    let proto = Proto::parse(port.protocol.as_deref());
     let mut by_addr: BTreeMap<(IpAddr, u16), ResolvedEndpoint> = BTreeMap::new();
     for slice in slices {
-        let slice: &EndpointSlice = (*slice).borrow();
         if slice.address_type != want_type {
             continue;
         }
-        let Some(target) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name && Proto::parse(p.protocol.as_deref()) == proto
-        }) else {
+        let Some(target) = slice.ports.iter().find(|(name, proto, _)| *name == port.name && *proto == port.proto) else {
             continue;
         };
-        let Some(tport) = target.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
+        let Some(tport) = target.2.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
             continue;
         };
         for ep in &slice.endpoints {
-            let c = ep.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            let local = ep.node_name.as_deref() == Some(node_name) && !node_name.is_empty();
-            for a in &ep.addresses {
-                let Ok(ip) = a.parse::<IpAddr>() else { continue };
+            for ip in &ep.addresses {
+                let ip = *ip;
                 if family_of(ip) != family {
                     continue;
                 }
-                let new = ResolvedEndpoint { ip, port: tport, ready, serving, terminating, local };
+                let new = ResolvedEndpoint {
+                    ip,
+                    port: tport,
+                    ready: ep.ready,
+                    serving: ep.serving,
+                    terminating: ep.terminating,
+                    local: ep.local,
+                };
                 by_addr
                     .entry((ip, tport))
                     .and_modify(|old| {
@@ -156,51 +170,122 @@ fn family_of(ip: IpAddr) -> Family {
 /// Renders the whole desired state. Pure: same inputs, same output; no I/O.
 ///
 /// Services without a ClusterIP (headless, ExternalName) are skipped. A Service is rendered in
-/// each family it has a ClusterIP of.
+/// each family it has a ClusterIP of. The same as building a [`crate::state::ProxyState`] from
+/// the objects and asking for its [`crate::state::ProxyState::ruleset`].
 pub fn render<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     services: &[S],
     endpoint_slices: &[E],
     node: &NodeFacts,
     cfg: &ProxyConfig,
 ) -> Ruleset {
-    let mut slices_by_svc: BTreeMap<(String, String), Vec<&E>> = BTreeMap::new();
+    let mut slices_by_svc: BTreeMap<SvcKey, Vec<SliceInfo>> = BTreeMap::new();
     for s in endpoint_slices {
-        let meta = &s.borrow().metadata;
-        let Some(svc) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-            continue;
-        };
-        let ns = meta.namespace.clone().unwrap_or_default();
-        slices_by_svc.entry((ns, svc.clone())).or_default().push(s);
+        if let Some(info) = SliceInfo::from_slice(s.borrow(), &node.name) {
+            slices_by_svc.entry(info.service.clone()).or_default().push(info);
+        }
     }
-    let mut sorted: Vec<&Service> = services.iter().map(|s| s.borrow()).collect();
-    sorted.sort_by(|a, b| {
-        (a.metadata.namespace.as_deref(), a.metadata.name.as_deref())
-            .cmp(&(b.metadata.namespace.as_deref(), b.metadata.name.as_deref()))
-    });
+    let mut sorted: Vec<(SvcKey, SvcInfo)> = services
+        .iter()
+        .filter_map(|s| {
+            let s = s.borrow();
+            let key = SvcKey::new(
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                s.metadata.name.as_deref().unwrap_or_default(),
+            );
+            Some((key, SvcInfo::from_service(s)?))
+        })
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let tables = [Family::Ip, Family::Ip6]
         .into_iter()
         .map(|family| {
-            let mut r = TableRenderer::new(family, node, cfg);
-            for svc in &sorted {
-                let key = (
-                    svc.metadata.namespace.clone().unwrap_or_default(),
-                    svc.metadata.name.clone().unwrap_or_default(),
-                );
-                let slices = slices_by_svc.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-                r.service(svc, slices);
-            }
-            r.finish()
+            let frags: Vec<Fragment> = sorted
+                .iter()
+                .map(|(key, svc)| {
+                    let slices: Vec<&SliceInfo> = slices_by_svc.get(key).map(|v| v.iter().collect()).unwrap_or_default();
+                    render_service(key, svc, &slices, family, node, cfg)
+                })
+                .collect();
+            assemble(skeleton(family, node, cfg), frags.iter())
         })
         .collect();
     Ruleset { tables }
+}
+
+/// What one Service turns into in one family's table: its chains, its affinity sets, and its
+/// elements of the shared sets and maps (`service-ips`, `cluster-ips`, `hairpin-ips`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fragment {
+    /// The Service's chains (`svc-`, `svl-`, `ext-`), in render order.
+    pub chains: Vec<Chain>,
+    /// Its affinity sets (dynamic).
+    pub sets: Vec<Set>,
+    /// (shared set name, key, value) in render order; a later element wins over an earlier one
+    /// with the same key, and a later Service over an earlier one.
+    pub elements: Vec<(&'static str, String, Option<String>)>,
+}
+
+/// Renders one Service (one family). Pure.
+pub fn render_service(
+    key: &SvcKey,
+    svc: &SvcInfo,
+    slices: &[&SliceInfo],
+    family: Family,
+    node: &NodeFacts,
+    cfg: &ProxyConfig,
+) -> Fragment {
+    let mut r = TableRenderer { family, node, cfg, frag: Fragment::default(), hairpin: BTreeSet::new() };
+    r.service(key, svc, slices);
+    let hairpin = std::mem::take(&mut r.hairpin);
+    for a in hairpin {
+        r.add_element("hairpin-ips", format!("{a} . {a}"), None);
+    }
+    r.frag
+}
+
+/// The fixed part of a family's table: the shared sets and maps (empty but for the NodePort
+/// addresses) and the base and helper chains.
+pub fn skeleton(family: Family, node: &NodeFacts, cfg: &ProxyConfig) -> Table {
+    TableRenderer { family, node, cfg, frag: Fragment::default(), hairpin: BTreeSet::new() }.skeleton()
+}
+
+/// The table: `skeleton` plus the fragments (in Service order).
+pub fn assemble<'f>(mut table: Table, frags: impl IntoIterator<Item = &'f Fragment>) -> Table {
+    for f in frags {
+        table.chains.extend(f.chains.iter().cloned());
+        for s in &f.sets {
+            table.sets.insert(s.name.clone(), s.clone());
+        }
+        for (set, k, v) in &f.elements {
+            if let Some(s) = table.sets.get_mut(*set) {
+                s.elements.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    table
+}
+
+/// The shared sets and maps of a table: (name, is map, type).
+pub(crate) fn shared_sets(family: Family) -> Vec<(&'static str, bool, String)> {
+    let addr = family.addr_type();
+    vec![
+        ("cluster-ips", false, addr.to_string()),
+        ("nodeport-ips", false, addr.to_string()),
+        ("service-ips", true, format!("{addr} . inet_proto . inet_service : verdict")),
+        ("service-nodeports", true, "inet_proto . inet_service : verdict".to_string()),
+        ("no-endpoint-services", true, format!("{addr} . inet_proto . inet_service : verdict")),
+        ("no-endpoint-nodeports", true, "inet_proto . inet_service : verdict".to_string()),
+        ("hairpin-ips", false, format!("{addr} . {addr}")),
+    ]
 }
 
 struct TableRenderer<'a> {
     family: Family,
     node: &'a NodeFacts,
     cfg: &'a ProxyConfig,
-    table: Table,
-    service_chains: Vec<Chain>,
+    frag: Fragment,
+    /// Endpoint IPs some chain DNATs to (hairpin: `EP . EP` in `@hairpin-ips`).
+    hairpin: BTreeSet<IpAddr>,
 }
 
 /// What one Service port turns into; used by `render` and by `dari proxy show`.
@@ -211,41 +296,16 @@ struct PortPlan {
 }
 
 impl<'a> TableRenderer<'a> {
-    fn new(family: Family, node: &'a NodeFacts, cfg: &'a ProxyConfig) -> Self {
-        let mut table = Table::new(family, cfg.table.clone());
-        let addr = family.addr_type();
-        for (name, is_map, type_) in [
-            ("cluster-ips", false, addr.to_string()),
-            ("nodeport-ips", false, addr.to_string()),
-            ("service-ips", true, format!("{addr} . inet_proto . inet_service : verdict")),
-            ("service-nodeports", true, "inet_proto . inet_service : verdict".to_string()),
-            ("no-endpoint-services", true, format!("{addr} . inet_proto . inet_service : verdict")),
-            ("no-endpoint-nodeports", true, "inet_proto . inet_service : verdict".to_string()),
-        ] {
-            table.sets.insert(
-                name.to_string(),
-                Set {
-                    name: name.to_string(),
-                    is_map,
-                    type_,
-                    flags: None,
-                    timeout_secs: None,
-                    dynamic: false,
-                    elements: BTreeMap::new(),
-                },
-            );
-        }
-        TableRenderer { family, node, cfg, table, service_chains: Vec::new() }
+    fn mark(&self) -> String {
+        format!("meta mark set meta mark or {:#x}", self.cfg.masquerade_mark)
     }
 
     fn ip(&self) -> &'static str {
         self.family.keyword()
     }
 
-    fn add_element(&mut self, set: &str, key: String, value: Option<String>) {
-        if let Some(s) = self.table.sets.get_mut(set) {
-            s.elements.insert(key, value);
-        }
+    fn add_element(&mut self, set: &'static str, key: String, value: Option<String>) {
+        self.frag.elements.push((set, key, value));
     }
 
     fn cidrs_of_family(&self, cidrs: &[ipnet::IpNet]) -> Vec<String> {
@@ -256,65 +316,30 @@ impl<'a> TableRenderer<'a> {
             .collect()
     }
 
-    fn service<E: Borrow<EndpointSlice>>(&mut self, svc: &Service, slices: &[&E]) {
-        let Some(spec) = svc.spec.as_ref() else { return };
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let name = svc.metadata.name.as_deref().unwrap_or("");
-        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    fn service(&mut self, key: &SvcKey, svc: &SvcInfo, slices: &[&SliceInfo]) {
+        let ns = if key.namespace().is_empty() { "default" } else { key.namespace() };
+        let name = key.name();
+        let type_ = svc.type_.as_str();
         if type_ == "ExternalName" {
             return;
         }
-        let cluster_ips: Vec<IpAddr> = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|s| s.parse().ok())
-            .filter(|ip| family_of(*ip) == self.family)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let cluster_ips: Vec<IpAddr> = svc.cluster_ips.iter().copied().filter(|ip| family_of(*ip) == self.family).collect();
         let Some(cluster_ip) = cluster_ips.first().copied() else { return };
-        let external_ips: BTreeSet<IpAddr> = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .filter_map(|s| s.parse().ok())
-            .chain(
-                svc.status
-                    .as_ref()
-                    .and_then(|s| s.load_balancer.as_ref())
-                    .and_then(|lb| lb.ingress.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i.ip.as_ref().and_then(|ip| ip.parse().ok())),
-            )
-            .filter(|ip| family_of(*ip) == self.family)
-            .collect();
+        let external_ips: BTreeSet<IpAddr> =
+            svc.external_ips.iter().copied().filter(|ip| family_of(*ip) == self.family).collect();
         let with_nodeports = type_ == "NodePort" || type_ == "LoadBalancer";
-        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .filter(|t| *t > 0)
-                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-        });
-        let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let etp_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let affinity = svc.affinity;
+        let itp_local = svc.itp_local;
+        let etp_local = svc.etp_local;
 
-        for port in spec.ports.iter().flatten() {
-            let Some(proto) = Proto::parse(port.protocol.as_deref()) else { continue };
+        for port in &svc.ports {
+            let Some(proto) = port.proto else { continue };
             let Ok(svc_port) = u16::try_from(port.port) else { continue };
-            let port_label = match port.name.as_deref() {
-                Some(n) if !n.is_empty() => n.to_string(),
-                _ => format!("p{svc_port}"),
-            };
+            let port_label = if port.name.is_empty() { format!("p{svc_port}") } else { port.name.clone() };
             let plan = PortPlan {
                 id: format!("{ns}/{name}/{}/{port_label}", proto.nft()),
                 proto,
-                usable: usable_endpoints(&resolve_endpoints(port, slices, self.family, &self.node.name)),
+                usable: usable_endpoints(&resolve_port(port, slices, self.family)),
             };
             let node_port = port
                 .node_port
@@ -398,18 +423,18 @@ impl<'a> TableRenderer<'a> {
             let cidrs = self.cidrs_of_family(&self.cfg.cluster_cidrs);
             let dst = format!("{ip} daddr {cluster_ip} {proto} dport {svc_port}");
             if self.cfg.masquerade_all {
-                rules.push(format!("{dst} jump {MARK_CHAIN}"));
+                rules.push(format!("{dst} {}", self.mark()));
             } else if !cidrs.is_empty() {
-                rules.push(format!("{dst} {ip} saddr != {} jump {MARK_CHAIN}", set_literal(&cidrs)));
+                rules.push(format!("{dst} {ip} saddr != {} {}", set_literal(&cidrs), self.mark()));
             }
-            rules.extend(self.balance(id, all, affinity));
+            rules.extend(self.balance(id, proto, all, affinity));
             chains.push(Chain::new(cluster_chain.clone(), rules));
         }
         if local_used {
             let rules = if local.is_empty() {
                 vec![format!("drop comment \"no local endpoints\"")]
             } else {
-                self.balance(id, &local, affinity)
+                self.balance(id, proto, &local, affinity)
             };
             chains.push(Chain::new(local_chain.clone(), rules));
         }
@@ -423,22 +448,20 @@ impl<'a> TableRenderer<'a> {
                         set_literal(&cidrs)
                     ));
                 }
-                rules.push(format!("fib saddr type local jump {MARK_CHAIN}"));
+                rules.push(format!("fib saddr type local {}", self.mark()));
                 rules.push(format!("fib saddr type local goto {cluster_chain}"));
                 rules.push(format!("goto {local_chain}"));
             } else {
-                rules.push(format!("jump {MARK_CHAIN}"));
+                rules.push(self.mark());
                 rules.push(format!("goto {cluster_chain}"));
             }
             chains.push(Chain::new(ext_chain, rules));
         }
         for ep in reachable {
-            let mut rules = vec![format!("{ip} saddr {} jump {MARK_CHAIN}", ep.ip)];
+            self.hairpin.insert(ep.ip);
             if let Some(timeout) = affinity {
                 let set = affinity_set_name(id, ep);
-                rules.push(format!("update @{set} {{ {ip} saddr }}"));
-                self.table.sets.insert(
-                    set.clone(),
+                self.frag.sets.push(
                     Set {
                         name: set,
                         is_map: false,
@@ -450,50 +473,64 @@ impl<'a> TableRenderer<'a> {
                     },
                 );
             }
-            rules.push(format!("meta l4proto {proto} dnat to {}", dnat_target(ep)));
-            chains.push(Chain::new(endpoint_chain_name(id, ep), rules));
         }
-        self.service_chains.extend(chains);
+        self.frag.chains.extend(chains);
     }
 
-    /// Affinity lookups, then the random pick (`goto` when there is only one endpoint).
-    fn balance(&self, id: &str, eps: &[ResolvedEndpoint], affinity: Option<u32>) -> Vec<String> {
+    /// Affinity lookups, then the random pick, each with its DNAT (no chain per endpoint).
+    fn balance(&self, id: &str, proto: &str, eps: &[ResolvedEndpoint], affinity: Option<u32>) -> Vec<String> {
         let ip = self.ip();
         let mut rules = Vec::new();
+        let update = |ep: &ResolvedEndpoint| match affinity {
+            Some(_) => format!("update @{} {{ {ip} saddr }} ", affinity_set_name(id, ep)),
+            None => String::new(),
+        };
         if affinity.is_some() {
             for ep in eps {
-                rules.push(format!(
-                    "{ip} saddr @{} goto {}",
-                    affinity_set_name(id, ep),
-                    endpoint_chain_name(id, ep)
-                ));
+                let set = affinity_set_name(id, ep);
+                rules.push(format!("{ip} saddr @{set} meta l4proto {proto} {}dnat to {}", update(ep), dnat_target(ep)));
             }
         }
-        if self.cfg.numgen_vmap && eps.len() > 1 {
+        if self.cfg.numgen_vmap && eps.len() > 1 && affinity.is_none() {
             let arms: Vec<String> = eps
                 .iter()
                 .enumerate()
-                .map(|(i, ep)| format!("{i} : goto {}", endpoint_chain_name(id, ep)))
+                .map(|(i, ep)| format!("{i} : {} . {}", ep.ip, ep.port))
                 .collect();
-            rules.push(format!("numgen random mod {} vmap {{ {} }}", eps.len(), arms.join(", ")));
+            rules.push(format!(
+                "meta l4proto {proto} dnat {ip} to numgen random mod {} map {{ {} }}",
+                eps.len(),
+                arms.join(", ")
+            ));
             return rules;
         }
         // Cascade: endpoint k of n is taken with probability 1/(n-k) among those left, so each
-        // gets 1/n. No anonymous set per Service: in one big transaction each anonymous set
-        // costs the kernel a walk of the whole batch (nft_set_lookup_byid), quadratic overall.
+        // gets 1/n. No anonymous set per Service: the kernel looks every set up by walking the
+        // table's list of sets, so thousands of them make a full load quadratic.
         let n = eps.len();
         for (k, ep) in eps.iter().enumerate() {
-            let chain = endpoint_chain_name(id, ep);
-            if k + 1 < n {
-                rules.push(format!("numgen random mod {} == 0 goto {chain}", n - k));
-            } else {
-                rules.push(format!("goto {chain}"));
-            }
+            let pick = if k + 1 < n { format!("numgen random mod {} == 0 ", n - k) } else { String::new() };
+            rules.push(format!("{pick}meta l4proto {proto} {}dnat to {}", update(ep), dnat_target(ep)));
         }
         rules
     }
 
-    fn finish(mut self) -> Table {
+    fn skeleton(self) -> Table {
+        let mut table = Table::new(self.family, self.cfg.table.clone());
+        for (name, is_map, type_) in shared_sets(self.family) {
+            table.sets.insert(
+                name.to_string(),
+                Set {
+                    name: name.to_string(),
+                    is_map,
+                    type_,
+                    flags: None,
+                    timeout_secs: None,
+                    dynamic: false,
+                    elements: BTreeMap::new(),
+                },
+            );
+        }
         let ip = self.ip();
         let mark = self.cfg.masquerade_mark;
         // NodePort addresses.
@@ -511,8 +548,8 @@ impl<'a> TableRenderer<'a> {
         if self.cfg.nodeport_localhost && self.family == Family::Ip {
             np_ips.insert(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         }
-        for a in np_ips {
-            self.add_element("nodeport-ips", a.to_string(), None);
+        if let Some(s) = table.sets.get_mut("nodeport-ips") {
+            s.elements.extend(np_ips.into_iter().map(|a| (a.to_string(), None)));
         }
         let base = |name: &str, kind: &'static str, hook: &'static str, priority: i32, rules: Vec<String>| Chain {
             name: name.to_string(),
@@ -556,16 +593,15 @@ impl<'a> TableRenderer<'a> {
             ));
         }
         chains.push(Chain::new("cluster-ips-check", check));
-        chains.push(Chain::new(MARK_CHAIN, vec![format!("meta mark set meta mark or {mark:#x}")]));
         chains.push(Chain::new("masquerading", vec![
+            format!("ct status dnat {ip} saddr . {ip} daddr @hairpin-ips masquerade fully-random"),
             format!("meta mark and {mark:#x} == 0 return"),
             format!("meta mark set meta mark xor {mark:#x}"),
             s("masquerade fully-random"),
         ]));
         chains.push(Chain::new(REJECT_CHAIN, vec![s("reject")]));
-        chains.append(&mut self.service_chains);
-        self.table.chains = chains;
-        self.table
+        table.chains = chains;
+        table
     }
 }
 
@@ -580,11 +616,6 @@ fn set_literal(items: &[String]) -> String {
 fn ip_label(ip: IpAddr) -> String {
     // ':' is not allowed in nft identifiers; '-' never appears in an IPv6 address.
     ip.to_string().replace(':', "-")
-}
-
-/// Name of the endpoint chain of `ep` for the Service port `id` (`NS/NAME/PROTO/PORT`).
-pub fn endpoint_chain_name(id: &str, ep: &ResolvedEndpoint) -> String {
-    format!("ep-{id}__{}/{}", ip_label(ep.ip), ep.port)
 }
 
 /// Name of the affinity set of `ep` for the Service port `id`.

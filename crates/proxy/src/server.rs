@@ -1,8 +1,10 @@
-//! The controller edge: watch Services, EndpointSlices and this Node, debounce, render, apply.
+//! The controller edge: watch Services, EndpointSlices and this Node into a [`ProxyState`],
+//! debounce, sync what changed.
 //!
 //! `dari proxy --kubeconfig K --node-name N` calls [`run`]; `dari agent` can build a
 //! [`ProxyServer`] from an existing [`kube::Client`] and its own [`NftApply`].
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,6 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::{Mutex, Notify};
@@ -21,6 +22,7 @@ use crate::netlink::NetlinkApplier;
 use crate::config::{NodeFacts, ProxyConfig};
 use crate::error::ProxyError;
 use crate::render::render;
+use crate::state::ProxyState;
 use crate::sync::{ConntrackCli, ConntrackFlush, SyncKind, Syncer};
 
 /// Command-line flags of `dari proxy` (flatten into the CLI with `#[command(flatten)]`).
@@ -155,78 +157,186 @@ pub struct ProxyServer {
     pub full_sync_period: Duration,
 }
 
-fn watch<K>(
+/// What the watch loops feed: the compact state, and per resource whether its first list is in.
+struct Ingest {
+    state: ProxyState,
+    /// Services, EndpointSlices, Node: first list complete.
+    ready: [bool; 3],
+    /// Keys seen since the last `Init` (a relist): what is not seen again is deleted at `InitDone`.
+    seen_services: BTreeSet<(String, String)>,
+    seen_slices: BTreeSet<(String, String)>,
+}
+
+fn object_key(meta: &kube::api::ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+/// Feeds one resource's watch events into the shared state; API objects are dropped as soon as
+/// their compact form is taken. Returns when the stream ends.
+async fn watch_into<K>(
     api: Api<K>,
     wc: watcher::Config,
     resource: &'static str,
+    index: usize,
+    ingest: Arc<Mutex<Ingest>>,
     notify: Arc<Notify>,
-) -> (Store<K>, impl std::future::Future<Output = ProxyError>)
+    apply: fn(&mut Ingest, &K, bool),
+    delete: fn(&mut Ingest, &K),
+    relist_done: fn(&mut Ingest),
+) -> ProxyError
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (store, writer) = reflector::store();
-    let fut = async move {
-        let mut stream = watcher(api, wc).default_backoff().reflect(writer).boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => notify.notify_one(),
-                // The backoff retries; keep going, but say so.
-                Err(e) => tracing::warn!(resource, error = %e, "watch error, retrying"),
+    let mut stream = watcher(api, wc).default_backoff().boxed();
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            // The backoff retries; keep going, but say so.
+            Err(e) => {
+                tracing::warn!(resource, error = %e, "watch error, retrying");
+                continue;
             }
+        };
+        let mut g = ingest.lock().await;
+        match ev {
+            watcher::Event::Init => {
+                g.seen_services.clear();
+                g.seen_slices.clear();
+                continue;
+            }
+            watcher::Event::InitApply(o) => apply(&mut g, &o, true),
+            watcher::Event::InitDone => {
+                relist_done(&mut g);
+                g.ready[index] = true;
+            }
+            watcher::Event::Apply(o) => apply(&mut g, &o, false),
+            watcher::Event::Delete(o) => delete(&mut g, &o),
         }
-        ProxyError::Watch { resource, source: "watch stream ended".into() }
-    };
-    (store, fut)
+        drop(g);
+        notify.notify_one();
+    }
+    ProxyError::Watch { resource, source: "watch stream ended".into() }
 }
 
 impl ProxyServer {
     /// Runs until a watch stream ends (returned as an error) or the future is dropped.
+    ///
+    /// Watch events go straight into a [`ProxyState`] (compact inputs, per-Service render
+    /// cache); each sync re-renders and plans only the Services that changed since the last one.
     pub async fn run(self) -> Result<(), ProxyError> {
         let notify = Arc::new(Notify::new());
-        let (svc_store, svc_watch) =
-            watch(Api::<Service>::all(self.client.clone()), watcher::Config::default(), "services", notify.clone());
-        let (eps_store, eps_watch) = watch(
+        let ingest = Arc::new(Mutex::new(Ingest {
+            state: ProxyState::new(
+                NodeFacts { name: self.node_name.clone(), addresses: Vec::new() },
+                self.config.clone(),
+            ),
+            ready: [false; 3],
+            seen_services: BTreeSet::new(),
+            seen_slices: BTreeSet::new(),
+        }));
+        let svc_watch = watch_into(
+            Api::<Service>::all(self.client.clone()),
+            watcher::Config::default(),
+            "services",
+            0,
+            ingest.clone(),
+            notify.clone(),
+            |g, o: &Service, init| {
+                if init {
+                    g.seen_services.insert(object_key(&o.metadata));
+                }
+                g.state.upsert_service(o);
+            },
+            |g, o: &Service| {
+                let (ns, name) = object_key(&o.metadata);
+                g.state.delete_service(&ns, &name);
+            },
+            |g| {
+                let (services, _) = g.state.keys();
+                for k in services {
+                    if !g.seen_services.contains(&(k.namespace().to_string(), k.name().to_string())) {
+                        g.state.delete_service(k.namespace(), k.name());
+                    }
+                }
+            },
+        );
+        let eps_watch = watch_into(
             Api::<EndpointSlice>::all(self.client.clone()),
             watcher::Config::default(),
             "endpointslices",
+            1,
+            ingest.clone(),
             notify.clone(),
+            |g, o: &EndpointSlice, init| {
+                if init {
+                    g.seen_slices.insert(object_key(&o.metadata));
+                }
+                g.state.upsert_slice(o);
+            },
+            |g, o: &EndpointSlice| {
+                let (ns, name) = object_key(&o.metadata);
+                g.state.delete_slice(&ns, &name);
+            },
+            |g| {
+                let (_, slices) = g.state.keys();
+                for k in slices {
+                    if !g.seen_slices.contains(&k) {
+                        g.state.delete_slice(&k.0, &k.1);
+                    }
+                }
+            },
         );
-        let (node_store, node_watch) = watch(
+        let node_watch = watch_into(
             Api::<Node>::all(self.client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={}", self.node_name)),
             "nodes",
+            2,
+            ingest.clone(),
             notify.clone(),
+            |g, o: &Node, _| g.state.set_node(NodeFacts::from_node(o)),
+            |_, _| {},
+            |_| {},
         );
-        let syncer = Arc::new(Mutex::new(Syncer::new(self.applier.clone())));
+        let syncer = Arc::new(std::sync::Mutex::new(Syncer::new(self.applier.clone())));
         let sync_loop = async {
             // Render nothing before the first list of every resource is in.
-            let _ = tokio::join!(svc_store.wait_until_ready(), eps_store.wait_until_ready(), node_store.wait_until_ready());
+            loop {
+                if ingest.lock().await.ready.iter().all(|r| *r) {
+                    break;
+                }
+                notify.notified().await;
+            }
             // The first sync is full anyway (nothing applied yet); resyncs start one period later.
             let mut resync = tokio::time::interval_at(
                 tokio::time::Instant::now() + self.full_sync_period,
                 self.full_sync_period,
             );
             resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut first = true;
             loop {
-                let full = tokio::select! {
-                    _ = notify.notified() => false,
-                    _ = resync.tick() => true,
+                let full = if first {
+                    first = false;
+                    true
+                } else {
+                    tokio::select! {
+                        _ = notify.notified() => false,
+                        _ = resync.tick() => true,
+                    }
                 };
                 tokio::time::sleep(self.min_sync_period).await;
-                let node = node_store
-                    .state()
-                    .first()
-                    .map(|n| NodeFacts::from_node(n))
-                    .unwrap_or_else(|| NodeFacts { name: self.node_name.clone(), addresses: Vec::new() });
-                let services = svc_store.state();
-                let slices = eps_store.state();
-                let span = tracing::info_span!("proxy_reconcile", services = services.len(), slices = slices.len(), full);
-                let desired = span.in_scope(|| render(&services, &slices, &node, &self.config));
                 let syncer = syncer.clone();
+                let ingest = ingest.clone();
                 let table = self.config.table.clone();
+                let span = tracing::info_span!("proxy_reconcile", full);
                 let result = tokio::task::spawn_blocking(move || {
-                    let mut s = syncer.blocking_lock();
-                    s.sync(desired, full)
+                    let _e = span.enter();
+                    let mut g = ingest.blocking_lock();
+                    let mut s = syncer.lock().map_err(|_| ProxyError::Netlink {
+                        op: "syncer lock".into(),
+                        netns: None,
+                        source: std::io::Error::other("poisoned"),
+                    })?;
+                    s.sync_state(&mut g.state, full)
                 })
                 .await
                 .map_err(|source| ProxyError::SyncTask { table, source });
@@ -247,7 +357,7 @@ impl ProxyServer {
                             });
                         }
                     }
-                    // The syncer falls back to a full sync next time; retry soon.
+                    // The state falls back to a full sync next time; retry soon.
                     Ok(Err(e)) | Err(e) => {
                         tracing::error!(error = %e, "sync failed");
                         notify.notify_one();

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::nft::Ruleset;
 
 /// Describes the Service `namespace/name` (or every Service when `name` is `None`): the map
-/// elements that lead to it, then its chains (weights are `1/N` per endpoint of a numgen vmap;
+/// elements that lead to it, then its chains (a `numgen random mod N == 0` rule takes 1/N of what reaches it;
 /// affinity sets are listed with their timeout).
 pub fn show(rs: &Ruleset, namespace: &str, name: Option<&str>) -> String {
     let needle = match name {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::apply::NftApply;
 use crate::error::ProxyError;
 use crate::nft::{plan, Op, Ruleset, Transaction};
+use crate::state::ProxyState;
 
 /// What a sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,10 +85,11 @@ impl Syncer {
                 (SyncKind::Full, desired.full_sync(&existing))
             }
         };
-        // Incremental: only the endpoint chains this transaction deletes can be stale (cheap);
+        // Incremental: only the Service chains this transaction rewrites or deletes can hold stale
+        // UDP endpoints (cheap);
         // full: compare everything (rare).
         let stale_udp_endpoints = match (&self.last, &kind) {
-            (Some(_), SyncKind::Incremental) => stale_udp_endpoints_of_plan(&tx, &desired),
+            (Some(old), SyncKind::Incremental) => stale_udp_endpoints_of_plan(&tx, old, &desired),
             (Some(old), _) => stale_udp_endpoints(old, &desired),
             (None, _) => Vec::new(),
         };
@@ -109,29 +111,85 @@ impl Syncer {
     }
 }
 
-/// UDP endpoints present in `old` and gone from `new`, read from endpoint chain names
-/// (`ep-NS/NAME/udp/PORT__IP/TARGETPORT`).
+impl Syncer {
+    /// Syncs a [`ProxyState`]: incrementally (only the Services that changed since the last
+    /// sync, see [`ProxyState::take_changes`]) unless `full`, nothing applied yet, or the last
+    /// sync failed; full syncs assemble the whole ruleset. Keeps no copy of the ruleset.
+    pub fn sync_state(&mut self, st: &mut ProxyState, full: bool) -> Result<SyncOutcome, ProxyError> {
+        let span = tracing::info_span!("proxy_sync", full, services = st.service_count());
+        let _guard = span.enter();
+        let t0 = std::time::Instant::now();
+        self.last = None;
+        let full = full || st.needs_full();
+        let changes = if full { st.take_changes_for_full_sync() } else { st.take_changes() };
+        let (kind, tx) = if full {
+            let desired = st.assembled();
+            let mut existing = BTreeMap::new();
+            for t in &desired.tables {
+                existing.insert(t.family, self.applier.list_objects(t.family, &t.name)?);
+            }
+            (SyncKind::Full, desired.full_sync(&existing))
+        } else if changes.tx.is_empty() {
+            return Ok(SyncOutcome {
+                kind: SyncKind::Unchanged,
+                lines: 0,
+                stale_udp_endpoints: changes.stale_udp_endpoints,
+                plan_time: t0.elapsed(),
+                apply_time: std::time::Duration::ZERO,
+            });
+        } else {
+            (SyncKind::Incremental, changes.tx)
+        };
+        let plan_time = t0.elapsed();
+        let lines = tx.ops.len();
+        let t1 = std::time::Instant::now();
+        match self.applier.apply_tx(&tx) {
+            Ok(()) => {
+                if kind == SyncKind::Full {
+                    st.full_sync_done();
+                }
+                let apply_time = t1.elapsed();
+                tracing::debug!(?kind, lines, rerendered = changes.rerendered, ?plan_time, ?apply_time, "applied");
+                Ok(SyncOutcome { kind, lines, stale_udp_endpoints: changes.stale_udp_endpoints, plan_time, apply_time })
+            }
+            Err(e) => {
+                st.mark_full();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// UDP endpoints present in `old` and gone from `new`, read from the DNAT targets of the
+/// Service chains of UDP ports (`svc-NS/NAME/udp/PORT`, `svl-...`).
 pub fn stale_udp_endpoints(old: &Ruleset, new: &Ruleset) -> Vec<(IpAddr, u16)> {
     let endpoints = |r: &Ruleset| -> BTreeSet<(IpAddr, u16)> {
-        r.tables
-            .iter()
-            .flat_map(|t| t.chains.iter())
-            .filter_map(|c| parse_udp_endpoint_chain(&c.name))
-            .collect()
+        r.tables.iter().flat_map(|t| t.chains.iter()).flat_map(udp_endpoints_of_chain).collect()
     };
     let now = endpoints(new);
     endpoints(old).difference(&now).copied().collect()
 }
 
-/// UDP endpoints whose chains `tx` deletes and that no chain of `new` still uses.
-pub fn stale_udp_endpoints_of_plan(tx: &Transaction, new: &Ruleset) -> Vec<(IpAddr, u16)> {
-    let candidates: BTreeSet<(IpAddr, u16)> = tx
+/// UDP endpoints of the chains `tx` flushes or deletes (as they were in `old`) that no chain
+/// of `new` still uses.
+pub fn stale_udp_endpoints_of_plan(tx: &Transaction, old: &Ruleset, new: &Ruleset) -> Vec<(IpAddr, u16)> {
+    let touched: BTreeSet<(crate::nft::Family, &str)> = tx
         .ops
         .iter()
         .filter_map(|op| match op {
-            Op::DeleteChain(_, c) => parse_udp_endpoint_chain(c),
+            Op::FlushChain(t, c) | Op::DeleteChain(t, c) if is_udp_service_chain(c) => Some((t.family, c.as_str())),
             _ => None,
         })
+        .collect();
+    if touched.is_empty() {
+        return Vec::new();
+    }
+    let touched = &touched;
+    let candidates: BTreeSet<(IpAddr, u16)> = old
+        .tables
+        .iter()
+        .flat_map(|t| t.chains.iter().filter(move |c| touched.contains(&(t.family, c.name.as_str()))))
+        .flat_map(udp_endpoints_of_chain)
         .collect();
     if candidates.is_empty() {
         return Vec::new();
@@ -140,20 +198,41 @@ pub fn stale_udp_endpoints_of_plan(tx: &Transaction, new: &Ruleset) -> Vec<(IpAd
         .tables
         .iter()
         .flat_map(|t| t.chains.iter())
-        .filter_map(|c| parse_udp_endpoint_chain(&c.name))
+        .flat_map(udp_endpoints_of_chain)
         .filter(|e| candidates.contains(e))
         .collect();
     candidates.difference(&still).copied().collect()
 }
 
-fn parse_udp_endpoint_chain(name: &str) -> Option<(IpAddr, u16)> {
-    let rest = name.strip_prefix("ep-")?;
-    let (id, ep) = rest.rsplit_once("__")?;
-    if id.split('/').nth(2)? != "udp" {
-        return None;
+fn is_udp_service_chain(name: &str) -> bool {
+    let Some(id) = name.strip_prefix("svc-").or_else(|| name.strip_prefix("svl-")) else { return false };
+    id.split('/').nth(2) == Some("udp")
+}
+
+/// DNAT targets of a UDP Service chain: `dnat to IP:PORT` / `dnat to [IP6]:PORT`, and the
+/// `IP . PORT` arms of a `dnat ip to numgen ... map { .. }`.
+pub(crate) fn udp_endpoints_of_chain(c: &crate::nft::Chain) -> Vec<(IpAddr, u16)> {
+    if !is_udp_service_chain(&c.name) {
+        return Vec::new();
     }
-    let (ip, port) = ep.rsplit_once('/')?;
-    Some((ip.replace('-', ":").parse().ok()?, port.parse().ok()?))
+    let mut out = Vec::new();
+    for r in &c.rules {
+        if let Some((_, target)) = r.split_once("dnat to ") {
+            if let Ok(sa) = target.split_whitespace().next().unwrap_or("").parse::<std::net::SocketAddr>() {
+                out.push((sa.ip(), sa.port()));
+            }
+        } else if let Some((_, arms)) = r.split_once(" map { ") {
+            for arm in arms.trim_end_matches(" }").split(", ") {
+                let Some((_, v)) = arm.split_once(" : ") else { continue };
+                if let Some((ip, port)) = v.split_once(" . ") {
+                    if let (Ok(ip), Ok(port)) = (ip.parse(), port.parse()) {
+                        out.push((ip, port));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Deletes conntrack entries of UDP flows answered by a removed endpoint (the stale-UDP black
@@ -204,28 +283,32 @@ mod tests {
     use crate::apply::RecordingApplier;
     use crate::nft::{Chain, Family, Table};
 
-    fn rs(endpoint_chains: &[&str]) -> Ruleset {
+    fn rs(chains: &[(&str, &[&str])]) -> Ruleset {
         let mut t = Table::new(Family::Ip, "dari");
-        t.chains = endpoint_chains.iter().map(|c| Chain::new(*c, vec!["meta l4proto udp dnat to 10.1.1.1:53".into()])).collect();
+        t.chains = chains
+            .iter()
+            .map(|(c, eps)| Chain::new(*c, eps.iter().map(|e| format!("meta l4proto udp dnat to {e}")).collect()))
+            .collect();
         Ruleset { tables: vec![t] }
     }
 
     #[test]
     fn removed_udp_endpoints_are_reported_unless_still_used() {
         let mut s = Syncer::new(Arc::new(RecordingApplier::default()));
-        let a = "ep-kube-system/dns/udp/dns__10.10.0.5/53";
-        let b = "ep-kube-system/dns/udp/dns__10.10.0.6/53";
-        let other = "ep-kube-system/dns2/udp/dns__10.10.0.6/53";
-        let tcp = "ep-kube-system/dns/tcp/dns-tcp__10.10.0.7/53";
-        assert!(s.sync(rs(&[a, b, other, tcp]), false).unwrap().stale_udp_endpoints.is_empty());
-        // a goes away; b's chain goes but 10.10.0.6:53 still serves dns2; TCP is not UDP.
-        let out = s.sync(rs(&[other]), false).unwrap();
+        let a: (&str, &[&str]) = ("svc-kube-system/dns/udp/dns", &["10.10.0.5:53", "10.10.0.6:53"]);
+        let a2: (&str, &[&str]) = ("svc-kube-system/dns/udp/dns", &[]);
+        let other: (&str, &[&str]) = ("svc-kube-system/dns2/udp/dns", &["10.10.0.6:53"]);
+        let tcp: (&str, &[&str]) = ("svc-kube-system/dns/tcp/dns-tcp", &["10.10.0.7:53"]);
+        let b2 = other;
+        assert!(s.sync(rs(&[a, other, tcp]), false).unwrap().stale_udp_endpoints.is_empty());
+        // dns loses both endpoints; 10.10.0.6:53 still serves dns2; TCP is not UDP.
+        let out = s.sync(rs(&[a2, b2]), false).unwrap();
         assert_eq!(out.kind, SyncKind::Incremental);
         assert_eq!(out.stale_udp_endpoints, vec![("10.10.0.5".parse().unwrap(), 53)]);
         // The same on a full sync.
         let mut s = Syncer::new(Arc::new(RecordingApplier::default()));
-        s.sync(rs(&[a, b, other, tcp]), true).unwrap();
-        let out = s.sync(rs(&[other]), true).unwrap();
+        s.sync(rs(&[a, other, tcp]), true).unwrap();
+        let out = s.sync(rs(&[a2, b2]), true).unwrap();
         assert_eq!(out.stale_udp_endpoints, vec![("10.10.0.5".parse().unwrap(), 53)]);
     }
 }

@@ -348,9 +348,14 @@ fn normalized(ns: &Netns) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for item in v["nftables"].as_array().expect("array") {
         if let Some(c) = item.get("chain") {
-            out.entry(format!("chain {}", c["name"])).or_default();
+            let mut def = c.clone();
+            if let Some(o) = def.as_object_mut() {
+                o.remove("handle");
+            }
+            out.entry(format!("chain {}", c["name"])).or_default().insert(0, def.to_string());
         } else if let Some(r) = item.get("rule") {
-            out.entry(format!("chain {}", r["chain"])).or_default().push(r["expr"].to_string());
+            let comment = r.get("comment").map(|c| format!(" comment {c}")).unwrap_or_default();
+            out.entry(format!("chain {}", r["chain"])).or_default().push(format!("{}{comment}", r["expr"]));
         } else if let Some(s) = item.get("set").or_else(|| item.get("map")) {
             let mut elems: Vec<String> =
                 s.get("elem").and_then(|e| e.as_array()).map(|a| a.iter().map(|e| e.to_string()).collect()).unwrap_or_default();
@@ -421,8 +426,9 @@ fn nft_accepts_golden_files() {
     assert!(n >= 8, "only {n} golden files checked");
 }
 
-/// Incremental syncs sent as netlink batches leave the kernel exactly as `nft -f` of the full
-/// ruleset does (same `nft -j list` output), and they really went through netlink.
+/// Syncs sent as netlink batches (the first, full one included) leave the kernel exactly as
+/// `nft -f` of the full ruleset does (same `nft -j list` output: chains, rules, comments, sets
+/// and their elements), and they really went through netlink.
 #[test]
 fn netlink_incremental_equals_nft_full_load() {
     use dari_proxy::NetlinkApplier;
@@ -434,11 +440,20 @@ fn netlink_incremental_equals_nft_full_load() {
         let empty = service("default", "svc-empty", "10.200.1.12", &[tcp("http", 80, 80)]);
         let np = with_type(service("default", "svc-np", "10.200.1.13", &[tcp("svc-webport", 9000, 80)]), "NodePort", &[30090]);
         let dns = service("default", "dns", "10.200.1.14", &[("dns", "UDP", 53, IntOrString::Int(5353))]);
-        let mut svcs = vec![seed, empty, np, dns];
+        // Affinity (dynamic sets, lookups, updates) and a Local NodePort (fib, comments).
+        let aff = with_affinity(service("default", "svc-aff", "10.200.1.15", &[tcp("svc-webport", 9000, 80)]), Some(60));
+        let local = with_policies(
+            with_type(service("default", "svc-local", "10.200.1.16", &[tcp("svc-webport", 9000, 80)]), "NodePort", &[30091]),
+            "Cluster",
+            "Local",
+        );
+        let mut svcs = vec![seed, empty, np, dns, aff, local];
         let udp: Vec<(&str, &str, Cond)> = udp_pods.iter().map(|p| (*p, "myk8s-worker", Cond::Ready)).collect();
         let mut slices = vec![
             webpods_slice("svc-clusterip", pods),
             webpods_slice("svc-np", pods),
+            webpods_slice("svc-aff", pods),
+            webpods_slice("svc-local", pods),
             slice("default", "dns", "x", &[("dns", "UDP", 5353)], &udp),
         ];
         if extra {
@@ -468,14 +483,14 @@ fn netlink_incremental_equals_nft_full_load() {
         assert_eq!(normalized(&a), normalized(&b), "step {i}: netlink-applied state differs from nft -f");
     }
     let (netlink, cli) = applier.counts();
-    assert_eq!(netlink, 4, "every incremental step went through netlink ({cli} nft -f fallbacks)");
+    assert_eq!((netlink, cli), (5, 0), "every step, the full one too, went through netlink");
     // A rejected batch changes nothing and is reported: deleting a chain still in use.
     let before = normalized(&a);
     let t = dari_proxy::nft::TableRef { family: dari_proxy::Family::Ip, name: "dari".into() };
     let bad = dari_proxy::Transaction {
         ops: vec![
             dari_proxy::Op::AddChain(t.clone(), "fresh".into(), None),
-            dari_proxy::Op::DeleteChain(t, "mark-for-masquerade".into()),
+            dari_proxy::Op::DeleteChain(t, "reject-chain".into()),
         ],
     };
     let err = applier.apply_tx(&bad).expect_err("deleting a referenced chain must fail");

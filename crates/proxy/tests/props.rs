@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
-use dari_proxy::render::{endpoint_chain_name, resolve_endpoints, usable_endpoints};
+use dari_proxy::render::{resolve_endpoints, usable_endpoints};
 use dari_proxy::{render, Family, NodeFacts, ProxyConfig, Ruleset};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -144,7 +144,7 @@ proptest! {
         let t = rs.table(Family::Ip).unwrap();
         let reach = reachable(&rs, Family::Ip);
         // No per-Service chain left unreferenced (the fixed skeleton, e.g. reject-chain, is always there).
-        for c in t.chains.iter().filter(|c| ["svc-", "svl-", "ext-", "ep-"].iter().any(|p| c.name.starts_with(p))) {
+        for c in t.chains.iter().filter(|c| ["svc-", "svl-", "ext-"].iter().any(|p| c.name.starts_with(p))) {
             prop_assert!(reach.contains(&c.name), "unreferenced chain {}", c.name);
         }
         // No set left unreferenced.
@@ -153,8 +153,8 @@ proptest! {
         for s in t.sets.keys() {
             prop_assert!(used.contains(s), "unreferenced set {}", s);
         }
-        // Every usable endpoint of a Cluster-policy service port has a reachable endpoint chain
-        // with a DNAT to it.
+        // Every usable endpoint of a Cluster-policy service port has a DNAT to it in a reachable
+        // Service chain.
         for (i, (svc, sl)) in services.iter().zip(&slices).enumerate() {
             for port in svc.spec.as_ref().unwrap().ports.iter().flatten() {
                 let usable = usable_endpoints(&resolve_endpoints(port, &[&sl], Family::Ip, "n0"));
@@ -162,17 +162,19 @@ proptest! {
                 let ext_exists = specs[i].type_ > 0 && if specs[i].etp_local { any_local } else { !usable.is_empty() };
                 let all_reachable = !specs[i].itp_local || ext_exists;
                 let id = format!("ns/s{i}/{}/{}", port.protocol.as_deref().unwrap().to_lowercase(), port.name.as_deref().unwrap());
+                let dnats = |prefix: &str| -> String {
+                    t.chain(&format!("{prefix}-{id}")).filter(|c| reach.contains(&c.name)).map(|c| c.rules.join("\n")).unwrap_or_default()
+                };
+                let text = format!("{}\n{}", dnats("svc"), dnats("svl"));
                 for ep in usable.iter().filter(|e| all_reachable || e.local) {
-                    let name = endpoint_chain_name(&id, ep);
-                    prop_assert!(reach.contains(&name), "endpoint {} not reachable", name);
-                    let chain = t.chain(&name).unwrap();
                     let dnat = format!("dnat to {}:{}", ep.ip, ep.port);
-                    prop_assert!(chain.rules.iter().any(|r| r.contains(&dnat)), "no dnat in {}", name);
+                    prop_assert!(text.contains(&dnat), "endpoint {} of {} not reachable", dnat, id);
                 }
-                // And no endpoint chain for endpoints that are not usable.
+                // And no DNAT to endpoints that are not usable.
                 for ep in resolve_endpoints(port, &[&sl], Family::Ip, "n0") {
                     if !usable.contains(&ep) {
-                        prop_assert!(t.chain(&endpoint_chain_name(&id, &ep)).is_none());
+                        let dnat = format!("dnat to {}:{}", ep.ip, ep.port);
+                        prop_assert!(!text.contains(&dnat), "DNAT to unusable {}", dnat);
                     }
                 }
             }
@@ -186,8 +188,8 @@ proptest! {
         let empty = render::<Service, EndpointSlice>(&[], &[], &node(), &cfg());
         // The empty ruleset has the skeleton only: no service chains, no elements but node IPs.
         let t = empty.table(Family::Ip).unwrap();
-        prop_assert!(t.chains.iter().all(|c| !c.name.starts_with("svc-") && !c.name.starts_with("ep-") && !c.name.starts_with("ext-") && !c.name.starts_with("svl-")));
-        prop_assert!(t.sets.iter().all(|(n, s)| s.elements.is_empty() || n == "nodeport-ips"));
+        prop_assert!(t.chains.iter().all(|c| !c.name.starts_with("svc-") && !c.name.starts_with("ext-") && !c.name.starts_with("svl-")));
+        prop_assert!(t.sets.iter().all(|(n, s)| s.elements.is_empty() || n == "nodeport-ips" || n == "hairpin-ips"));
         // And the diff from `full` deletes every service chain and set.
         let script = empty.diff_script(&full);
         let ft = full.table(Family::Ip).unwrap();
@@ -243,5 +245,66 @@ proptest! {
         m2.apply(&next.full_sync(&existing)).map_err(TestCaseError::fail)?;
         // Dynamic (affinity) sets keep their elements on a full sync; they are empty here.
         prop_assert_eq!(&m2, &Model::of(&next));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The cached, per-Service path: a `ProxyState` holding `a`, fed the objects of `b` (and the
+    /// deletions), plans a transaction that takes a model of the kernel holding `render(a)` to
+    /// exactly `render(b)`, and its assembled ruleset is `render(b)`.
+    #[test]
+    fn state_changes_take_render_of_prev_to_render_of_next(
+        a in prop::collection::vec(svc_spec(), 0..5),
+        b in prop::collection::vec(svc_spec(), 0..5),
+        affinity_timeout in prop::option::of(1i32..100),
+        shared_endpoints in any::<bool>(),
+    ) {
+        use dari_proxy::model::Model;
+        use dari_proxy::ProxyState;
+        let (s1, mut e1) = build(&a);
+        let (mut s2, mut e2) = build(&b);
+        if shared_endpoints {
+            // Endpoints shared between Services (shared `@hairpin-ips` elements, UDP endpoints).
+            for sl in e1.iter_mut().chain(e2.iter_mut()) {
+                for ep in &mut sl.endpoints {
+                    for a in &mut ep.addresses {
+                        let o: Vec<&str> = a.split('.').collect();
+                        *a = format!("10.10.0.{}", o[3]);
+                    }
+                }
+            }
+        }
+        if let Some(t) = affinity_timeout {
+            s2 = s2.into_iter().map(|s| with_affinity(s, Some(t))).collect();
+        }
+        let mut st = ProxyState::from_objects(&s1, &e1, node(), cfg());
+        let prev = st.ruleset();
+        prop_assert_eq!(&prev, &render(&s1, &e1, &node(), &cfg()));
+        let names = |v: Vec<(Option<String>, Option<String>)>| -> BTreeSet<(String, String)> {
+            v.into_iter().map(|(n, m)| (n.unwrap_or_default(), m.unwrap_or_default())).collect()
+        };
+        let keep_s = names(s2.iter().map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone())).collect());
+        let keep_e = names(e2.iter().map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone())).collect());
+        for s in &s1 {
+            let k = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
+            if !keep_s.contains(&k) { st.delete_service(&k.0, &k.1); }
+        }
+        for s in &e1 {
+            let k = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
+            if !keep_e.contains(&k) { st.delete_slice(&k.0, &k.1); }
+        }
+        for s in &s2 { st.upsert_service(s); }
+        for e in &e2 { st.upsert_slice(e); }
+        let ch = st.take_changes();
+        let next = render(&s2, &e2, &node(), &cfg());
+        let mut m = Model::of(&prev);
+        m.apply(&ch.tx).map_err(|e| TestCaseError::fail(format!("{e}\n--- transaction:\n{}", ch.tx)))?;
+        prop_assert_eq!(&m, &Model::of(&next));
+        prop_assert_eq!(ch.tx.is_empty(), prev == next);
+        prop_assert_eq!(st.ruleset(), next);
+        // Nothing dirty any more: no changes.
+        prop_assert!(st.take_changes().tx.is_empty());
     }
 }

@@ -1,5 +1,6 @@
 //! Fuzzes `dari_dns::wire::handle_packet` over UDP and TCP limits with a small cluster index: it must
-//! never panic, and every reply must decode and fit the transport's limit.
+//! never panic, and every reply must decode and fit the transport's limit. The allocation-free fast path
+//! (`dari_dns::fast::try_answer`) must either decline or give exactly the general path's bytes.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -40,8 +41,13 @@ fn index() -> &'static ClusterIndex {
 
 fuzz_target!(|data: &[u8]| {
     let cfg = AnswerConfig::default();
+    let mut out = Vec::new();
     for (transport, limit) in [(Transport::Udp, 1232usize), (Transport::Tcp, 65_535)] {
-        if let Handled::Reply(bytes) = handle_packet(data, transport, index(), &cfg) {
+        let general = handle_packet(data, transport, index(), &cfg);
+        if dari_dns::fast::try_answer(data, transport, index(), &cfg, &mut out) {
+            assert_eq!(general, Handled::Reply(out.clone()), "fast path disagrees");
+        }
+        if let Handled::Reply(bytes) = general {
             assert!(bytes.len() <= limit, "reply of {} bytes over {limit}", bytes.len());
             assert!(bytes.len() >= 12);
             assert!(hickory_decode_ok(&bytes), "reply does not decode");
