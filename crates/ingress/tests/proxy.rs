@@ -60,9 +60,20 @@ async fn upstream(name: &'static str) -> Result<Upstream> {
                                 .status(StatusCode::SWITCHING_PROTOCOLS)
                                 .header("connection", "upgrade")
                                 .header("upgrade", "websocket")
-                                .body(Full::new(Bytes::new()))
+                                .body(http_body_util::Either::Left(Full::new(Bytes::new())))
                                 .expect("101");
                             return Ok::<_, hyper::Error>(r);
+                        }
+                        if req.uri().path() == "/big" {
+                            // 2 MiB in 64 KiB frames: streamed, many reads upstream.
+                            let chunks = (0..32).map(|_| Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from(vec![b'x'; 65536]))));
+                            let body = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+                            return Ok(Response::new(http_body_util::Either::Right(body)));
+                        }
+                        if req.uri().path() == "/close" {
+                            let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from_static(b"bye"))));
+                            r.headers_mut().insert("connection", http::HeaderValue::from_static("close"));
+                            return Ok(r);
                         }
                         if req.uri().path() == "/slow" {
                             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -74,7 +85,7 @@ async fn upstream(name: &'static str) -> Result<Upstream> {
                         }
                         let body = req.into_body().collect().await?.to_bytes();
                         text.push_str(&format!("body-len {}\n", body.len()));
-                        Ok(Response::new(Full::new(Bytes::from(text))))
+                        Ok(Response::new(http_body_util::Either::Left(Full::new(Bytes::from(text)))))
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -490,6 +501,30 @@ async fn workers_share_the_port_and_caller_runtime_mode() -> Result<()> {
         task.abort();
     }
     assert_eq!(up.hits.load(Ordering::Relaxed), 2 * 32 * 5);
+    Ok(())
+}
+
+/// Upstream connections are driven by the request that uses them: a streamed 2 MiB body comes
+/// through whole, again and again on reused connections, and a connection the upstream closes
+/// (`Connection: close`) is not reused.
+#[tokio::test]
+async fn streamed_bodies_and_closed_upstream_connections() -> Result<()> {
+    let up = upstream("s").await?;
+    let mut w = World::new();
+    w.svc("svc-s", &[up.addr]);
+    w.ingresses.push(simple_ingress("s", "s.com", "/", "svc-s", json!({})));
+    let (_t, http, _) = start(w.table()).await?;
+    let mut c = H1::connect(http).await?;
+    for i in 0..10 {
+        let r = c.req("s.com", "/big", "").await?;
+        assert_eq!((i, r.status, r.body.len()), (i, StatusCode::OK, 2 << 20));
+        assert!(r.body.bytes().all(|b| b == b'x'));
+        let r = c.req("s.com", "/close", "").await?;
+        assert_eq!((i, r.status, r.body.as_str()), (i, StatusCode::OK, "bye"));
+        let r = c.req("s.com", "/", "").await?;
+        assert_eq!((i, r.status, field(&r.body, "served-by")), (i, StatusCode::OK, "s"));
+    }
+    assert_eq!(up.hits.load(Ordering::Relaxed), 30);
     Ok(())
 }
 

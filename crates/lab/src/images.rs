@@ -15,7 +15,8 @@
 //!
 //! [`catalog`] is the pure description (which host files, which generated files);
 //! [`build_images`] reads the host files, resolves libraries with `ldd`, writes one
-//! `NAME.tar` per image and returns the paths; [`import_with_ctr`] is the stopgap importer.
+//! `NAME.tar` per image and returns the paths; the lab imports them with `dari_agent::import_image`
+//! (containerd's content and images API).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -368,33 +369,6 @@ pub fn build_images(out_dir: &Path) -> Result<Vec<PathBuf>> {
     build_images_with(out_dir, &inputs, &mut |l| eprintln!("{l}"))
 }
 
-/// Imports archives into a containerd's `k8s.io` namespace with `ctr` (a stopgap until the
-/// agent's own import covers it):
-///
-/// ```text
-/// ctr -n k8s.io -a SOCK images import --all-platforms FILE.tar
-/// ```
-pub fn import_with_ctr(socket: &Path, archives: &[PathBuf]) -> Result<()> {
-    for a in archives {
-        let out = Command::new("ctr")
-            .arg("-n")
-            .arg("k8s.io")
-            .arg("-a")
-            .arg(socket)
-            .args(["images", "import", "--all-platforms"])
-            .arg(a)
-            .output()
-            .map_err(|e| LabError::Process { what: "ctr images import".into(), detail: a.display().to_string(), source: Some(e) })?;
-        if !out.status.success() {
-            return Err(LabError::Process {
-                what: "ctr images import".into(),
-                detail: format!("{}: {}", a.display(), String::from_utf8_lossy(&out.stderr).trim()),
-                source: None,
-            });
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -15,6 +15,7 @@
 //!   the same transactions through `nft -f`)
 //! - proxy RSS: a child process holding what the proxy holds (a `ProxyState` fed the objects
 //!   one by one, which are then dropped) after a full sync and one incremental sync
+//!
 //! `BENCH_ONLY=full` / `BENCH_ONLY=rss` stop after those parts. The machine is shared (load
 //! average ~10 on 2 cores while this was written): wall times include waiting for a core.
 //! - first-packet latency: TCP connect to a ClusterIP (new conntrack entry: the SYN walks the

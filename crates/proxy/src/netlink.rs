@@ -421,7 +421,7 @@ impl Batch {
         let mut key_len = 0u32;
         let fields: Vec<&str> = key.split(" . ").collect();
         for f in &fields {
-            let (id, len) = match *f {
+            let (id, len): (u32, u32) = match *f {
                 "ipv4_addr" => (7, 4),
                 "ipv6_addr" => (8, 16),
                 "inet_proto" => (12, 1),
@@ -429,7 +429,7 @@ impl Batch {
                 _ => return Err(bad()),
             };
             key_type = (key_type << 6) | id;
-            key_len += if fields.len() > 1 { (len + 3) / 4 * 4 } else { len };
+            key_len += if fields.len() > 1 { len.div_ceil(4) * 4 } else { len };
         }
         let mut flags = 0u32;
         if data.is_some() {

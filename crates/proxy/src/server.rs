@@ -173,6 +173,7 @@ fn object_key(meta: &kube::api::ObjectMeta) -> (String, String) {
 
 /// Feeds one resource's watch events into the shared state; API objects are dropped as soon as
 /// their compact form is taken. Returns when the stream ends.
+#[allow(clippy::too_many_arguments)]
 async fn watch_into<K>(
     api: Api<K>,
     wc: watcher::Config,
