@@ -151,7 +151,12 @@ fn build_check_run_and_import() {
     };
     let result = std::panic::catch_unwind(|| {
         assert!(ready, "containerd did not start: {}", std::fs::read_to_string(cd.join("log")).unwrap_or_default());
-        dari_lab::images::import_with_ctr(&sock, &paths).unwrap();
+        // containerd's own importer (ctr) as the reference reader of the archives; the lab itself
+        // imports through dari_agent::import_image (tested in crates/agent/tests/image_import.rs)
+        for p in &paths {
+            let o = Command::new("ctr").arg("-n").arg("k8s.io").arg("-a").arg(&sock).args(["images", "import", "--all-platforms"]).arg(p).output().unwrap();
+            assert!(o.status.success(), "ctr import {}: {}", p.display(), String::from_utf8_lossy(&o.stderr));
+        }
         let o = Command::new("ctr").arg("-a").arg(&sock).args(["-n", "k8s.io", "images", "ls", "-q"]).output().unwrap();
         let listed = String::from_utf8_lossy(&o.stdout).into_owned();
         for n in &names {

@@ -67,6 +67,8 @@ use crate::{
 const PROBE_KEY: &str = "/dari/compaction-probe";
 /// One attempt of a request gives up after this long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One attempt of a list gives up after this long (kube-apiserver's default request timeout).
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Retries of a request that failed with a retryable error stop after this long.
 const RETRY_BUDGET: Duration = Duration::from_secs(8);
 /// Largest gRPC message accepted from etcd (kube-apiserver allows `math.MaxInt32`; a list of
@@ -234,7 +236,10 @@ impl EtcdStore {
         let start = tokio::time::Instant::now();
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let failure = match tokio::time::timeout(ATTEMPT_TIMEOUT, f(self.client.clone())).await
+            // a list of many large objects may legitimately take long on a busy machine:
+            // give it kube-apiserver's request timeout instead of the per-attempt one
+            let limit = if op == "list" { LIST_TIMEOUT } else { ATTEMPT_TIMEOUT };
+            let failure = match tokio::time::timeout(limit, f(self.client.clone())).await
             {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => EtcdFailure::from_client(e),
