@@ -133,7 +133,28 @@ pub struct RealNet {
     handles: HashMap<String, Handle>,
 }
 
+/// The IPv4 nameservers of a resolv.conf text (pure).
+pub fn resolv_nameservers(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
+        .collect()
+}
+
 impl RealNet {
+    /// Adds `unreachable DST/32` inside `netns`: sending to `dst` then fails at once (ENETUNREACH)
+    /// instead of waiting for a timeout.
+    pub fn unreachable_route(&mut self, netns: &str, dst: Ipv4Addr) -> Result<()> {
+        let h = self.handle(netns)?;
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .kind(netlink_packet_route::route::RouteType::Unreachable)
+            .build();
+        self.rt
+            .block_on(h.route().add(msg).execute())
+            .map_err(|e| Self::err(netns, "add route", format!("unreachable {dst}"), e))
+    }
+
     /// A new applier.
     pub fn new() -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -471,5 +492,16 @@ mod tests {
         // Applying on top of an existing lab fails at the first namespace.
         apply(&p, &mut f).unwrap();
         assert!(apply(&p, &mut f).is_err());
+    }
+}
+
+#[cfg(test)]
+mod resolv_tests {
+    use super::*;
+
+    #[test]
+    fn nameservers_of_a_resolv_conf() {
+        let text = "# generated\nsearch example.org\nnameserver 10.255.255.53\nnameserver ::1\n  nameserver 192.0.2.1 \noptions ndots:2\n";
+        assert_eq!(resolv_nameservers(text), vec![Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(192, 0, 2, 1)]);
     }
 }
