@@ -266,6 +266,19 @@ pub fn assemble<'f>(mut table: Table, frags: impl IntoIterator<Item = &'f Fragme
 }
 
 /// The shared sets and maps of a table: (name, is map, type).
+/// A table holding only the shared sets' (empty) definitions: the start of every rendered table,
+/// and what an incremental plan compares them with.
+pub(crate) fn shared_sets_table(family: Family, table: &str) -> Table {
+    let mut t = Table::new(family, table.to_string());
+    for (name, is_map, type_) in shared_sets(family) {
+        t.sets.insert(
+            name.to_string(),
+            Set { name: name.to_string(), is_map, type_, flags: None, timeout_secs: None, dynamic: false, elements: BTreeMap::new() },
+        );
+    }
+    t
+}
+
 pub(crate) fn shared_sets(family: Family) -> Vec<(&'static str, bool, String)> {
     let addr = family.addr_type();
     vec![
@@ -516,21 +529,7 @@ impl<'a> TableRenderer<'a> {
     }
 
     fn skeleton(self) -> Table {
-        let mut table = Table::new(self.family, self.cfg.table.clone());
-        for (name, is_map, type_) in shared_sets(self.family) {
-            table.sets.insert(
-                name.to_string(),
-                Set {
-                    name: name.to_string(),
-                    is_map,
-                    type_,
-                    flags: None,
-                    timeout_secs: None,
-                    dynamic: false,
-                    elements: BTreeMap::new(),
-                },
-            );
-        }
+        let mut table = shared_sets_table(self.family, &self.cfg.table);
         let ip = self.ip();
         let mark = self.cfg.masquerade_mark;
         // NodePort addresses.

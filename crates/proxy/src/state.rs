@@ -22,8 +22,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::config::{NodeFacts, ProxyConfig};
 use crate::inputs::{SliceInfo, SvcInfo, SvcKey};
-use crate::nft::{plan, Family, Ruleset, Set, Table, Transaction};
-use crate::render::{assemble, render_service, shared_sets, skeleton, Fragment};
+use crate::nft::{plan, Family, Ruleset, Table, Transaction};
+use crate::render::{assemble, render_service, skeleton, Fragment};
 use crate::sync::udp_endpoints_of_chain;
 
 const FAMILIES: [Family; 2] = [Family::Ip, Family::Ip6];
@@ -364,22 +364,7 @@ impl ProxyState {
 
     /// A table with the shared sets' definitions only (what an incremental plan compares).
     fn mini_table(&self, family: Family) -> Table {
-        let mut t = Table::new(family, self.cfg.table.clone());
-        for (name, is_map, type_) in shared_sets(family) {
-            t.sets.insert(
-                name.to_string(),
-                Set {
-                    name: name.to_string(),
-                    is_map,
-                    type_,
-                    flags: None,
-                    timeout_secs: None,
-                    dynamic: false,
-                    elements: BTreeMap::new(),
-                },
-            );
-        }
-        t
+        crate::render::shared_sets_table(family, &self.cfg.table)
     }
 
     /// The whole desired ruleset (re-renders dirty Services first, without planning).

@@ -58,6 +58,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::{
+    check_key,
     BoxError, Event, KeyValue, ListOptions, ListResult, ProgressWatchStream, Revision, Store,
     StoreError, WatchItem, WatchStream,
 };
@@ -656,15 +657,6 @@ fn convert_kv(kv: &etcd_client::KeyValue, op: &'static str) -> Result<KeyValue, 
     })
 }
 
-fn check_key(key: &str) -> Result<(), StoreError> {
-    if key.is_empty() {
-        return Err(StoreError::InvalidKey {
-            key: String::new(),
-            reason: "keys must not be empty",
-        });
-    }
-    Ok(())
-}
 
 fn span(op: &'static str, key: &str) -> tracing::Span {
     tracing::debug_span!("etcd", op, key)

@@ -288,6 +288,14 @@ pub enum StoreError {
     },
 }
 
+/// Rejects keys no backend accepts (the empty key).
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidKey { key: String::new(), reason: "keys must not be empty" });
+    }
+    Ok(())
+}
+
 /// Starts a task that, every `interval`, compacts `store` so that only the last `keep` revisions
 /// stay readable (Kubernetes' default is to compact every 5 minutes). Errors are logged and retried
 /// at the next tick; abort the returned handle to stop it.

@@ -35,6 +35,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
+    check_key,
     BoxError, Event, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchStream,
 };
 
@@ -216,15 +217,6 @@ fn open_error(label: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
     }
 }
 
-fn check_key(key: &str) -> Result<(), StoreError> {
-    if key.is_empty() {
-        return Err(StoreError::InvalidKey {
-            key: String::new(),
-            reason: "keys must not be empty",
-        });
-    }
-    Ok(())
-}
 
 /// The smallest byte string greater than every string starting with `prefix`, or `None` for the
 /// empty prefix. UTF-8 never contains 0xFF, so incrementing the last byte always works.
