@@ -15,18 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 
 async fn apiserver(dir: &std::path::Path) -> dari_apiserver::RunningServer {
-    let args = dari_apiserver::ServerArgs {
-        data_dir: dir.to_path_buf(),
-        bind_address: "127.0.0.1".parse().expect("ip"),
-        secure_port: 0,
-        advertise_address: None,
-        service_cluster_ip_range: "10.96.0.0/12".parse().expect("cidr"),
-        service_node_port_range: "30000-32767".into(),
-        cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
-        tls_san: vec![],
-        bookmark_interval_seconds: 1,
-        datastore: Default::default(),
-    };
+    let args = dari_apiserver::ServerArgs::loopback(dir);
     dari_apiserver::start(args).await.expect("server starts")
 }
 

@@ -64,6 +64,25 @@ pub struct ServerArgs {
     pub datastore: DatastoreArgs,
 }
 
+impl ServerArgs {
+    /// The flags' defaults for a server on 127.0.0.1 with a free port in `data_dir` (embedders and
+    /// tests; bookmarks every second).
+    pub fn loopback(data_dir: &std::path::Path) -> Self {
+        ServerArgs {
+            data_dir: data_dir.to_path_buf(),
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            secure_port: 0,
+            advertise_address: None,
+            service_cluster_ip_range: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
+            service_node_port_range: "30000-32767".into(),
+            cluster_cidr: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
+            tls_san: vec![],
+            bookmark_interval_seconds: 1,
+            datastore: DatastoreArgs::default(),
+        }
+    }
+}
+
 /// The datastore flags of `dari server` (kube-apiserver's `--etcd-*` names).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct DatastoreArgs {
