@@ -87,6 +87,7 @@ const SET_DATA_TYPE: u16 = 6;
 const SET_DATA_LEN: u16 = 7;
 const SET_ID: u16 = 10;
 const SET_TIMEOUT: u16 = 11;
+const SET_USERDATA: u16 = 13;
 const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
@@ -368,6 +369,25 @@ impl Batch {
                     self.u32(3, NFT_DYNSET_OP_UPDATE);
                     self.u32(4, 1); // sreg key 1
                 }
+                Expr::NumgenR { modulus, dreg } => {
+                    self.u32(1, *dreg);
+                    self.u32(2, *modulus);
+                    self.u32(3, NUMGEN_RANDOM);
+                    self.u32(4, 0); // offset
+                }
+                Expr::LookupMap { set } => {
+                    self.str(1, set);
+                    self.u32(2, 1); // sreg 1
+                    self.u32(3, 1); // dreg 1
+                }
+                Expr::DnatMap { family, proto_reg } => {
+                    // As nft: no flags attribute; the kernel derives MAP_IPS and
+                    // PROTO_SPECIFIED from the registers given.
+                    self.u32(1, NAT_DNAT);
+                    self.u32(2, u32::from(*family));
+                    self.u32(3, 1); // addr min: reg 1
+                    self.u32(5, *proto_reg);
+                }
             }
             self.end_nest(d)?;
             self.end_nest(el)?;
@@ -397,7 +417,10 @@ impl Batch {
                 self.value(ELEM_KEY, &key)?;
                 if let Some(v) = v {
                     if msg == MSG_NEWSETELEM {
-                        self.verdict(ELEM_DATA, &parse_verdict(v)?)?;
+                        match encode_data(&set.type_, v)? {
+                            Some(bytes) => self.value(ELEM_DATA, &bytes)?,
+                            None => self.verdict(ELEM_DATA, &parse_verdict(v)?)?,
+                        }
                     }
                 }
                 self.end_nest(el)?;
@@ -413,24 +436,9 @@ impl Batch {
     /// userdata nft keeps for its own printing (not needed for these key types).
     fn new_set(&mut self, t: &TableRef, set: &Set) -> Result<(), Unsupported> {
         let bad = || Unsupported(format!("set {} of type {:?}", set.name, set.type_));
-        let (key, data) = match set.type_.split_once(" : ") {
-            Some((k, d)) => (k, Some(d)),
-            None => (set.type_.as_str(), None),
-        };
-        let mut key_type = 0u32;
-        let mut key_len = 0u32;
-        let fields: Vec<&str> = key.split(" . ").collect();
-        for f in &fields {
-            let (id, len): (u32, u32) = match *f {
-                "ipv4_addr" => (7, 4),
-                "ipv6_addr" => (8, 16),
-                "inet_proto" => (12, 1),
-                "inet_service" => (13, 2),
-                _ => return Err(bad()),
-            };
-            key_type = (key_type << 6) | id;
-            key_len += if fields.len() > 1 { len.div_ceil(4) * 4 } else { len };
-        }
+        let decl = SetDecl::parse(&set.type_).ok_or_else(bad)?;
+        let (key_type, key_len) = SetDecl::type_len(&decl.key);
+        let data = decl.data.clone();
         let mut flags = 0u32;
         if data.is_some() {
             flags |= NFT_SET_MAP;
@@ -446,18 +454,25 @@ impl Batch {
         self.u32(SET_FLAGS, flags);
         self.u32(SET_KEY_TYPE, key_type);
         self.u32(SET_KEY_LEN, key_len);
-        match data {
+        match &data {
             None => {}
-            Some("verdict") => {
+            Some(None) => {
                 self.u32(SET_DATA_TYPE, NFT_DATA_VERDICT);
                 self.u32(SET_DATA_LEN, 0);
             }
-            Some(_) => return Err(bad()),
+            Some(Some(fields)) => {
+                let (dtype, dlen) = SetDecl::type_len(fields);
+                self.u32(SET_DATA_TYPE, dtype);
+                self.u32(SET_DATA_LEN, dlen);
+            }
         }
         self.set_id += 1;
         self.u32(SET_ID, self.set_id);
         if let Some(secs) = set.timeout_secs {
             self.attr(SET_TIMEOUT, &(u64::from(secs) * 1000).to_be_bytes());
+        }
+        if let Some(ud) = decl.udata() {
+            self.attr(SET_USERDATA, &ud);
         }
         self.finish(m);
         Ok(())
@@ -515,6 +530,12 @@ enum Expr {
     MetaSet { key: u32 },
     /// `dynset update reg_key 1 set NAME`.
     DynsetUpdate { set: String },
+    /// `numgen reg DREG = random mod M` (a concatenation's last part).
+    NumgenR { modulus: u32, dreg: u32 },
+    /// `lookup reg 1 set NAME dreg 1` (a data map: the value lands in reg 1 on).
+    LookupMap { set: String },
+    /// `nat dnat FAMILY addr_min reg 1 proto_min reg PROTO_REG` (address and port from a map).
+    DnatMap { family: u8, proto_reg: u32 },
 }
 
 impl Expr {
@@ -536,6 +557,9 @@ impl Expr {
             Expr::Bitwise { .. } => "bitwise",
             Expr::MetaSet { .. } => "meta",
             Expr::DynsetUpdate { .. } => "dynset",
+            Expr::NumgenR { .. } => "numgen",
+            Expr::LookupMap { .. } => "lookup",
+            Expr::DnatMap { .. } => "nat",
         }
     }
 }
@@ -611,35 +635,7 @@ fn compile_rule(family: Family, rule: &str) -> Result<Vec<Expr>, Unsupported> {
     while i < toks.len() {
         // A concatenation `A . B [. C] @set` / `A . B vmap @map`.
         if toks.get(i + 2) == Some(&".") {
-            let mut word = 0u32;
-            loop {
-                let (base, offset, len, meta) = match (toks.get(i), toks.get(i + 1)) {
-                    (Some(&k), Some(&"saddr")) if k == family.keyword() => match family {
-                        Family::Ip => (PAYLOAD_NETWORK, 12, 4, false),
-                        Family::Ip6 => (PAYLOAD_NETWORK, 8, 16, false),
-                    },
-                    (Some(&k), Some(&"daddr")) if k == family.keyword() => match family {
-                        Family::Ip => (PAYLOAD_NETWORK, 16, 4, false),
-                        Family::Ip6 => (PAYLOAD_NETWORK, 24, 16, false),
-                    },
-                    (Some(&"meta"), Some(&"l4proto")) => (0, 0, 1, true),
-                    (Some(&"th"), Some(&"dport")) => (PAYLOAD_TRANSPORT, 2, 2, false),
-                    _ => return Err(unsupported(rule)),
-                };
-                let dreg = if word == 0 { 1 } else { 8 + word };
-                if meta {
-                    out.push(Expr::MetaR { key: META_L4PROTO, dreg });
-                } else {
-                    out.push(Expr::PayloadR { base, offset, len, dreg });
-                }
-                word += len.div_ceil(4);
-                i += 2;
-                if toks.get(i) == Some(&".") {
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
+            compile_concat(family, &toks, &mut i, rule, &mut out)?;
             match (toks.get(i), toks.get(i + 1)) {
                 (Some(&"vmap"), Some(set)) if set.starts_with('@') && toks.len() == i + 2 => {
                     out.push(Expr::LookupVmap { set: set[1..].to_string() });
@@ -802,6 +798,23 @@ fn compile_rule(family: Family, rule: &str) -> Result<Vec<Expr>, Unsupported> {
                 out.push(Expr::ImmVerdict(parse_verdict(&toks[i..].join(" ")).map_err(|_| unsupported(rule))?));
                 return Ok(out);
             }
+            // `dnat ip to CONCAT map @MAP` (address and port from a map; the shared DNAT maps).
+            "dnat" if toks.get(i + 1) == Some(&family.keyword()) && toks.get(i + 2) == Some(&"to") => {
+                i += 3;
+                compile_concat(family, &toks, &mut i, rule, &mut out)?;
+                let (Some(&"map"), Some(set), true) = (toks.get(i), toks.get(i + 1), toks.len() == i + 2) else {
+                    return Err(unsupported(rule));
+                };
+                let set = set.strip_prefix('@').ok_or_else(|| unsupported(rule))?;
+                out.push(Expr::LookupMap { set: set.to_string() });
+                // The value is `ADDR . PORT`: the port follows the address's registers.
+                let proto_reg = match family {
+                    Family::Ip => 9,
+                    Family::Ip6 => 12,
+                };
+                out.push(Expr::DnatMap { family: nfproto(family), proto_reg });
+                return Ok(out);
+            }
             "dnat" if toks.get(i + 1) == Some(&"to") && toks.len() == i + 3 => {
                 let target: std::net::SocketAddr = toks[i + 2].parse().map_err(|_| unsupported(rule))?;
                 let fam_ok = matches!((family, target.ip()), (Family::Ip, IpAddr::V4(_)) | (Family::Ip6, IpAddr::V6(_)));
@@ -823,43 +836,271 @@ fn compile_rule(family: Family, rule: &str) -> Result<Vec<Expr>, Unsupported> {
     }
 }
 
+/// Compiles a concatenation starting at `toks[*i]` (`ip daddr . meta l4proto . th dport
+/// [. numgen random mod N]`) into register loads from reg 1 on, and moves `*i` past it.
+fn compile_concat(family: Family, toks: &[&str], i: &mut usize, rule: &str, out: &mut Vec<Expr>) -> Result<(), Unsupported> {
+    // `tcp dport` in a concatenation implies `meta l4proto tcp`, which nft puts first.
+    let mut j = *i;
+    loop {
+        let part = toks.get(j);
+        if let (Some(p), Some(&"dport")) = (part.and_then(|p| proto_number(p)), toks.get(j + 1)) {
+            out.push(Expr::Meta { key: META_L4PROTO });
+            out.push(Expr::Cmp { op: CMP_EQ, data: vec![p] });
+            break;
+        }
+        j += if part == Some(&"numgen") { 4 } else { 2 };
+        if toks.get(j) != Some(&".") {
+            break;
+        }
+        j += 1;
+    }
+    let mut word = 0u32;
+    loop {
+        let dreg = if word == 0 { 1 } else { 8 + word };
+        if toks.get(*i) == Some(&"numgen") {
+            let (Some(&"random"), Some(&"mod"), Some(m)) = (toks.get(*i + 1), toks.get(*i + 2), toks.get(*i + 3)) else {
+                return Err(unsupported(rule));
+            };
+            let modulus: u32 = m.parse().map_err(|_| unsupported(rule))?;
+            out.push(Expr::NumgenR { modulus, dreg });
+            word += 1;
+            *i += 4;
+        } else {
+            let (base, offset, len, meta) = match (toks.get(*i), toks.get(*i + 1)) {
+                (Some(&k), Some(&"saddr")) if k == family.keyword() => match family {
+                    Family::Ip => (PAYLOAD_NETWORK, 12, 4, false),
+                    Family::Ip6 => (PAYLOAD_NETWORK, 8, 16, false),
+                },
+                (Some(&k), Some(&"daddr")) if k == family.keyword() => match family {
+                    Family::Ip => (PAYLOAD_NETWORK, 16, 4, false),
+                    Family::Ip6 => (PAYLOAD_NETWORK, 24, 16, false),
+                },
+                (Some(&"meta"), Some(&"l4proto")) => (0, 0, 1, true),
+                (Some(&"th"), Some(&"dport")) => (PAYLOAD_TRANSPORT, 2, 2, false),
+                (Some(p), Some(&"dport")) if proto_number(p).is_some() => (PAYLOAD_TRANSPORT, 2, 2, false),
+                _ => return Err(unsupported(rule)),
+            };
+            if meta {
+                out.push(Expr::MetaR { key: META_L4PROTO, dreg });
+            } else {
+                out.push(Expr::PayloadR { base, offset, len, dreg });
+            }
+            word += len.div_ceil(4);
+            *i += 2;
+        }
+        if toks.get(*i) == Some(&".") {
+            *i += 1;
+        } else {
+            return Ok(());
+        }
+    }
+}
+
+/// One part of a set's key or of a map's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Ip4,
+    Ip6,
+    Proto,
+    /// `inet_service` / `th dport`.
+    Service,
+    /// `tcp|udp|sctp dport` (the protocol number; same bytes, only the userdata differs).
+    Port(u8),
+    /// A `numgen` result (host byte order).
+    Index(u32),
+}
+
+impl Field {
+    /// nft's datatype id and length in bytes.
+    fn type_len(self) -> (u32, u32) {
+        match self {
+            Field::Ip4 => (7, 4),
+            Field::Ip6 => (8, 16),
+            Field::Proto => (12, 1),
+            Field::Service | Field::Port(_) => (13, 2),
+            Field::Index(_) => (4, 4),
+        }
+    }
+
+    fn encode(self, text: &str) -> Option<Vec<u8>> {
+        Some(match self {
+            Field::Ip4 => addr_bytes(IpAddr::V4(text.parse().ok()?)),
+            Field::Ip6 => addr_bytes(IpAddr::V6(text.parse().ok()?)),
+            Field::Proto => vec![proto_number(text)?],
+            Field::Service | Field::Port(_) => text.parse::<u16>().ok()?.to_be_bytes().to_vec(),
+            Field::Index(_) => text.parse::<u32>().ok()?.to_ne_bytes().to_vec(),
+        })
+    }
+
+    /// From a `type` word (`ipv4_addr`) or a `typeof` expression (`ip daddr`).
+    fn parse(text: &str, typeof_: bool) -> Option<Field> {
+        if !typeof_ {
+            return match text {
+                "ipv4_addr" => Some(Field::Ip4),
+                "ipv6_addr" => Some(Field::Ip6),
+                "inet_proto" => Some(Field::Proto),
+                "inet_service" => Some(Field::Service),
+                _ => None,
+            };
+        }
+        match text {
+            "ip daddr" => Some(Field::Ip4),
+            "ip6 daddr" => Some(Field::Ip6),
+            "meta l4proto" => Some(Field::Proto),
+            "th dport" => Some(Field::Service),
+            _ if text.ends_with(" dport") => proto_number(text.trim_end_matches(" dport")).map(Field::Port),
+            _ => text.strip_prefix("numgen random mod ")?.parse().ok().map(Field::Index),
+        }
+    }
+
+    /// nft's userdata for this part of a `typeof` (libnftnl TLVs: expression type, then the
+    /// expression's own description).
+    fn typeof_udata(self) -> Vec<u8> {
+        let u32_tlv = |t: u8, v: u32| -> Vec<u8> {
+            let mut b = vec![t, 4];
+            b.extend_from_slice(&v.to_ne_bytes());
+            b
+        };
+        // (expression type, its TLVs): payload = 7 (desc, field), meta = 9 (key), numgen = 23.
+        let (etype, data): (u32, Vec<u8>) = match self {
+            Field::Ip4 => (7, [u32_tlv(0, 12), u32_tlv(1, 12)].concat()),
+            Field::Ip6 => (7, [u32_tlv(0, 13), u32_tlv(1, 9)].concat()),
+            Field::Proto => (9, u32_tlv(0, META_L4PROTO)),
+            Field::Service => (7, [u32_tlv(0, 11), u32_tlv(1, 2)].concat()),
+            // nft's protocol descriptions: udp 6, tcp 8, sctp 10; field 2 is dport in each.
+            Field::Port(p) => {
+                let desc = match p {
+                    17 => 6,
+                    132 => 10,
+                    _ => 8,
+                };
+                (7, [u32_tlv(0, desc), u32_tlv(1, 2)].concat())
+            }
+            Field::Index(m) => (23, [u32_tlv(0, NUMGEN_RANDOM), u32_tlv(1, m), u32_tlv(2, 0)].concat()),
+        };
+        let mut out = u32_tlv(0, etype);
+        out.push(1);
+        out.push(data.len() as u8);
+        out.extend_from_slice(&data);
+        out
+    }
+}
+
+/// A set's declaration taken apart: key parts, and for maps the value (`None` in the inner
+/// option: a verdict).
+struct SetDecl {
+    typeof_: bool,
+    key: Vec<Field>,
+    data: Option<Option<Vec<Field>>>,
+}
+
+impl SetDecl {
+    fn parse(type_: &str) -> Option<SetDecl> {
+        let (typeof_, body) = match type_.strip_prefix("typeof ") {
+            Some(b) => (true, b),
+            None => (false, type_),
+        };
+        let fields = |t: &str| -> Option<Vec<Field>> { t.split(" . ").map(|f| Field::parse(f, typeof_)).collect() };
+        let (k, d) = match body.split_once(" : ") {
+            Some((k, d)) => (k, Some(d)),
+            None => (body, None),
+        };
+        let data = match d {
+            None => None,
+            Some("verdict") => Some(None),
+            Some(d) => Some(Some(fields(d)?)),
+        };
+        Some(SetDecl { typeof_, key: fields(k)?, data })
+    }
+
+    /// Datatype id (6 bits per part) and length (parts padded to 4 bytes when concatenated).
+    fn type_len(fields: &[Field]) -> (u32, u32) {
+        let concat = fields.len() > 1;
+        fields.iter().fold((0, 0), |(t, l), f| {
+            let (id, len) = f.type_len();
+            ((t << 6) | id, l + if concat { len.div_ceil(4) * 4 } else { len })
+        })
+    }
+
+    fn encode(fields: &[Field], text: &str) -> Option<Vec<u8>> {
+        let parts: Vec<&str> = text.split(" . ").collect();
+        if parts.len() != fields.len() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (f, p) in fields.iter().zip(parts) {
+            let mut b = f.encode(p)?;
+            if fields.len() > 1 {
+                b.resize(b.len().div_ceil(4) * 4, 0);
+            }
+            out.extend_from_slice(&b);
+        }
+        Some(out)
+    }
+
+    /// NFTA_SET_USERDATA for a `typeof` map, as nft 1.0.6 writes it (so `nft list` prints the
+    /// `typeof` line and readable elements): key and data byte order, then the key and data
+    /// expressions (each a concatenation of its parts), then "merge elements" off.
+    fn udata(&self) -> Option<Vec<u8>> {
+        if !self.typeof_ {
+            return None;
+        }
+        let concat = |fields: &[Field]| -> Option<Vec<u8>> {
+            let mut parts = Vec::new();
+            for (i, f) in fields.iter().enumerate() {
+                let u = f.typeof_udata();
+                parts.push(u8::try_from(i).ok()?);
+                parts.push(u8::try_from(u.len()).ok()?);
+                parts.extend_from_slice(&u);
+            }
+            let mut out = vec![0, 4];
+            out.extend_from_slice(&13u32.to_ne_bytes()); // EXPR_CONCAT
+            out.push(1);
+            out.push(u8::try_from(parts.len()).ok()?);
+            out.extend_from_slice(&parts);
+            Some(out)
+        };
+        let mut out = vec![0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0];
+        let k = concat(&self.key)?;
+        out.push(3);
+        out.push(u8::try_from(k.len()).ok()?);
+        out.extend_from_slice(&k);
+        if let Some(Some(d)) = &self.data {
+            let d = concat(d)?;
+            out.push(4);
+            out.push(u8::try_from(d.len()).ok()?);
+            out.extend_from_slice(&d);
+        }
+        out.extend_from_slice(&[6, 4, 0, 0, 0, 0]);
+        Some(out)
+    }
+}
+
 /// Key bytes of a set element, from its text and the set's `type` line.
 fn encode_key(type_: &str, key: &str) -> Result<Vec<u8>, Unsupported> {
-    let key_type = type_.split(" : ").next().unwrap_or(type_);
-    let types: Vec<&str> = key_type.split(" . ").collect();
-    let parts: Vec<&str> = key.split(" . ").collect();
     let bad = || Unsupported(format!("element {key:?} of type {type_:?}"));
-    if types.len() != parts.len() {
-        return Err(bad());
+    let decl = SetDecl::parse(type_).ok_or_else(bad)?;
+    SetDecl::encode(&decl.key, key).ok_or_else(bad)
+}
+
+/// Value bytes of a data-map element (`None` for verdict maps and plain sets).
+fn encode_data(type_: &str, value: &str) -> Result<Option<Vec<u8>>, Unsupported> {
+    let bad = || Unsupported(format!("value {value:?} of type {type_:?}"));
+    let decl = SetDecl::parse(type_).ok_or_else(bad)?;
+    match decl.data {
+        Some(Some(fields)) => SetDecl::encode(&fields, value).map(Some).ok_or_else(bad),
+        _ => Ok(None),
     }
-    let concat = types.len() > 1;
-    let mut out = Vec::new();
-    for (t, p) in types.iter().zip(&parts) {
-        let mut field = match *t {
-            "ipv4_addr" => addr_bytes(IpAddr::V4(p.parse().map_err(|_| bad())?)),
-            "ipv6_addr" => addr_bytes(IpAddr::V6(p.parse().map_err(|_| bad())?)),
-            "inet_proto" => vec![proto_number(p).ok_or_else(bad)?],
-            "inet_service" => p.parse::<u16>().map_err(|_| bad())?.to_be_bytes().to_vec(),
-            _ => return Err(bad()),
-        };
-        if concat {
-            while field.len() % 4 != 0 {
-                field.push(0);
-            }
-        }
-        out.extend_from_slice(&field);
-    }
-    Ok(out)
 }
 
 fn check_set(set: &Set) -> Result<(), Unsupported> {
     if set.flags.is_some() || set.timeout_secs.is_some() || set.dynamic {
         return Err(Unsupported(format!("elements of set {} (flags/timeout)", set.name)));
     }
-    if set.is_map && !set.type_.ends_with(": verdict") {
-        return Err(Unsupported(format!("map {} with non-verdict values", set.name)));
+    match SetDecl::parse(&set.type_) {
+        Some(d) if d.data.is_some() == set.is_map => Ok(()),
+        _ => Err(Unsupported(format!("set {} of type {:?}", set.name, set.type_))),
     }
-    Ok(())
 }
 
 /// Encodes the whole transaction as one batch; returns it with the sequence number of the last
@@ -1135,6 +1376,72 @@ mod tests {
         assert_eq!(e[6], Expr::Payload { base: 1, offset: 12, len: 2 });
         assert_eq!(e[7], Expr::Cmp { op: CMP_NEQ, data: vec![10, 10] });
         assert_eq!(e[8], Expr::ImmVerdict(Verdict { code: NFT_JUMP, chain: Some("m".into()) }));
+    }
+
+    #[test]
+    fn dnat_map_userdata_is_what_nft_writes() {
+        // NFTA_SET_USERDATA bytes nft 1.0.6 sent for `typeof ... numgen random mod 2 : ... daddr .
+        // th|tcp dport` (captured with `nft --debug=mnl`), for both map kinds and families.
+        let want = [
+            ("typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport", "000400000000010400000000036000040d00000001580014000407000000010c00040c00000001040c000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010402000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000"),
+            ("typeof meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport", "000400000000010400000000034a00040d0000000142000e00040900000001060004100000000114000407000000010c00040b000000010402000000021a0004170000000112000401000000010402000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000"),
+            ("typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport", "000400000000010400000000036000040d00000001580014000407000000010c00040d000000010409000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010402000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000"),
+            ("typeof meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport", "000400000000010400000000034a00040d0000000142000e00040900000001060004100000000114000407000000010c00040b000000010402000000021a0004170000000112000401000000010402000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000"),
+        ];
+        let want_tcp = [
+            ("typeof ip daddr . tcp dport . numgen random mod 2 : ip daddr . tcp dport", "000400000000010400000000035000040d00000001480014000407000000010c00040c00000001040c0000000114000407000000010c000408000000010402000000021a0004170000000112000401000000010402000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c000408000000010402000000060400000000"),
+            ("typeof ip daddr . udp dport . numgen random mod 3 : ip daddr . udp dport", "000400000000010400000000035000040d00000001480014000407000000010c00040c00000001040c0000000114000407000000010c000406000000010402000000021a0004170000000112000401000000010403000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c000406000000010402000000060400000000"),
+            ("typeof sctp dport . numgen random mod 2 : ip6 daddr . sctp dport", "000400000000010400000000033a00040d00000001320014000407000000010c00040a000000010402000000011a0004170000000112000401000000010402000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040a000000010402000000060400000000"),
+            ("typeof ip6 daddr . udp dport . numgen random mod 2 : ip6 daddr . udp dport", "000400000000010400000000035000040d00000001480014000407000000010c00040d0000000104090000000114000407000000010c000406000000010402000000021a0004170000000112000401000000010402000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c000406000000010402000000060400000000"),
+        ];
+        for (decl, hex) in want.into_iter().chain(want_tcp) {
+            let d = SetDecl::parse(decl).expect("parses");
+            let got: String = d.udata().expect("typeof has userdata").iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(got, hex, "{decl}");
+        }
+        let d = SetDecl::parse(want[0].0).expect("parses");
+        assert_eq!(SetDecl::type_len(&d.key), ((7 << 18) | (12 << 12) | (13 << 6) | 4, 16));
+        assert_eq!(SetDecl::type_len(d.data.as_ref().and_then(|d| d.as_ref()).expect("data")), ((7 << 6) | 13, 8));
+        // Keys and values: the numgen pick in host byte order, the port in network order.
+        let udp = want_tcp[1].0;
+        assert_eq!(encode_key(udp, "10.96.0.1 . 53 . 1").expect("key"), [&[10, 96, 0, 1, 0, 53, 0, 0][..], &1u32.to_ne_bytes()].concat());
+        assert_eq!(encode_data(udp, "10.10.0.5 . 8053").expect("value"), Some(vec![10, 10, 0, 5, 0x1f, 0x75, 0, 0]));
+        assert!(encode_data(udp, "10.10.0.5").is_err());
+        assert!(SetDecl::parse("typeof ip saddr : verdict").is_none());
+    }
+
+    #[test]
+    fn compiles_the_dnat_map_rules() {
+        // As `nft --debug=netlink` shows for the same text (the l4proto match first).
+        let r = compile_rule(Family::Ip, "dnat ip to ip daddr . udp dport . numgen random mod 3 map @service-dnat-udp-3").expect("compiles");
+        assert_eq!(
+            r,
+            vec![
+                Expr::Meta { key: META_L4PROTO },
+                Expr::Cmp { op: CMP_EQ, data: vec![17] },
+                Expr::PayloadR { base: PAYLOAD_NETWORK, offset: 16, len: 4, dreg: 1 },
+                Expr::PayloadR { base: PAYLOAD_TRANSPORT, offset: 2, len: 2, dreg: 9 },
+                Expr::NumgenR { modulus: 3, dreg: 10 },
+                Expr::LookupMap { set: "service-dnat-udp-3".into() },
+                Expr::DnatMap { family: 2, proto_reg: 9 },
+            ]
+        );
+        let r = compile_rule(Family::Ip6, "ip6 daddr @nodeport-ips dnat ip6 to sctp dport . numgen random mod 2 map @nodeport-dnat-sctp-2").expect("compiles");
+        assert_eq!(
+            r,
+            vec![
+                Expr::Payload { base: PAYLOAD_NETWORK, offset: 24, len: 16 },
+                Expr::Lookup { set: "nodeport-ips".into() },
+                Expr::Meta { key: META_L4PROTO },
+                Expr::Cmp { op: CMP_EQ, data: vec![132] },
+                Expr::PayloadR { base: PAYLOAD_TRANSPORT, offset: 2, len: 2, dreg: 1 },
+                Expr::NumgenR { modulus: 2, dreg: 9 },
+                Expr::LookupMap { set: "nodeport-dnat-sctp-2".into() },
+                Expr::DnatMap { family: 10, proto_reg: 12 },
+            ]
+        );
+        assert!(compile_rule(Family::Ip, "dnat ip to ip daddr . th dport map").is_err());
+        assert!(compile_rule(Family::Ip, "dnat ip to ip daddr . th dport . numgen random mod x map @m").is_err());
     }
 
     #[test]

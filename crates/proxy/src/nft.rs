@@ -86,7 +86,8 @@ pub struct Set {
     pub name: String,
     /// `true` for a `map` (elements have values), `false` for a `set`.
     pub is_map: bool,
-    /// The `type` line, e.g. `ipv4_addr . inet_proto . inet_service : verdict`.
+    /// The `type` line, e.g. `ipv4_addr . inet_proto . inet_service : verdict`, or a whole
+    /// `typeof ...` line (starting with `typeof `).
     pub type_: String,
     /// `flags` (e.g. `interval`, `dynamic,timeout`).
     pub flags: Option<&'static str>,
@@ -99,8 +100,17 @@ pub struct Set {
 }
 
 impl Set {
+    /// `type X` or `typeof X`.
+    pub fn declaration(&self) -> String {
+        if self.type_.starts_with("typeof ") {
+            self.type_.clone()
+        } else {
+            format!("type {}", self.type_)
+        }
+    }
+
     fn definition(&self) -> String {
-        let mut s = format!("type {};", self.type_);
+        let mut s = format!("{};", self.declaration());
         if let Some(flags) = self.flags {
             let _ = write!(s, " flags {flags};");
         }
@@ -157,7 +167,7 @@ impl Table {
         let _ = writeln!(out, "table {} {{", t.prefix());
         for s in t.sets.values() {
             let _ = writeln!(out, "\t{} {} {{", s.kind(), s.name);
-            let _ = writeln!(out, "\t\ttype {}", s.type_);
+            let _ = writeln!(out, "\t\t{}", s.declaration());
             if let Some(flags) = s.flags {
                 let _ = writeln!(out, "\t\tflags {flags}");
             }

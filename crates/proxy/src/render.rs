@@ -223,6 +223,72 @@ pub struct Fragment {
     /// (shared set name, key, value) in render order; a later element wins over an earlier one
     /// with the same key, and a later Service over an earlier one.
     pub elements: Vec<(&'static str, String, Option<String>)>,
+    /// The shared DNAT maps its elements go into (each once).
+    pub dnat_maps: Vec<DnatMap>,
+}
+
+/// One of the shared DNAT maps: all Service ports of one protocol with `n` endpoints share one
+/// map (and one rule in `services`), keyed by destination and the `numgen random mod n` pick:
+/// `service-dnat-tcp-3` (`ClusterIP . port . k : endpoint . port`) and `nodeport-dnat-tcp-3`
+/// (`nodePort . k : endpoint . port`, for packets to `@nodeport-ips`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DnatMap {
+    /// Keyed by NodePort (`false`: by ClusterIP).
+    pub nodeport: bool,
+    /// Transport protocol of the ports it holds.
+    pub proto: Proto,
+    /// Endpoints per key (the `numgen` modulus).
+    pub n: u32,
+}
+
+impl DnatMap {
+    /// The map's name (`service-dnat-tcp-3`, `nodeport-dnat-udp-2`); interned, as the shared
+    /// sets' names are `&'static str` (one small string per kind ever seen).
+    pub fn name(self) -> &'static str {
+        use std::sync::{Mutex, OnceLock, PoisonError};
+        static NAMES: OnceLock<Mutex<std::collections::HashMap<DnatMap, &'static str>>> = OnceLock::new();
+        let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+        names.entry(self).or_insert_with(|| {
+            let kind = if self.nodeport { "nodeport" } else { "service" };
+            Box::leak(format!("{kind}-dnat-{}-{}", self.proto.nft(), self.n).into_boxed_str())
+        })
+    }
+
+    /// The map's definition (`typeof`, so `nft list` prints keys and values readably). One map
+    /// per protocol: the rule then matches `meta l4proto` and names `tcp dport` (not `th dport`,
+    /// which nft 1.0.6 cannot use with a map that already exists in the kernel: "conflicting
+    /// protocols specified: ip vs. th").
+    pub fn set(self, family: Family) -> Set {
+        let ip = family.keyword();
+        let p = self.proto.nft();
+        let dst = if self.nodeport { String::new() } else { format!("{ip} daddr . ") };
+        Set {
+            name: self.name().to_string(),
+            is_map: true,
+            type_: format!("typeof {dst}{p} dport . numgen random mod {} : {ip} daddr . {p} dport", self.n),
+            flags: None,
+            timeout_secs: None,
+            dynamic: false,
+            elements: BTreeMap::new(),
+        }
+    }
+
+    /// Its rule in the `services` chain: the DNAT, when the lookup finds the key (nft adds the
+    /// `meta l4proto` match that `tcp dport` implies, and does not print it).
+    pub fn rule(self, family: Family) -> String {
+        let ip = family.keyword();
+        let p = self.proto.nft();
+        if self.nodeport {
+            format!("{ip} daddr @nodeport-ips dnat {ip} to {p} dport . numgen random mod {} map @{}", self.n, self.name())
+        } else {
+            format!("dnat {ip} to {ip} daddr . {p} dport . numgen random mod {} map @{}", self.n, self.name())
+        }
+    }
+
+    /// Whether a set name is one of these maps for UDP (conntrack clean-up).
+    pub fn is_udp_map(set: &str) -> bool {
+        set.starts_with("service-dnat-udp-") || set.starts_with("nodeport-dnat-udp-")
+    }
 }
 
 /// Renders one Service (one family). Pure.
@@ -249,8 +315,11 @@ pub fn skeleton(family: Family, node: &NodeFacts, cfg: &ProxyConfig) -> Table {
     TableRenderer { family, node, cfg, frag: Fragment::default(), hairpin: BTreeSet::new() }.skeleton()
 }
 
-/// The table: `skeleton` plus the fragments (in Service order).
-pub fn assemble<'f>(mut table: Table, frags: impl IntoIterator<Item = &'f Fragment>) -> Table {
+/// The table: `skeleton` plus the fragments (in Service order), with the DNAT maps they use
+/// (see [`with_dnat_maps`]).
+pub fn assemble<'f>(mut table: Table, frags: impl IntoIterator<Item = &'f Fragment> + Clone) -> Table {
+    let used: BTreeSet<DnatMap> = frags.clone().into_iter().flat_map(|f| f.dnat_maps.iter().copied()).collect();
+    with_dnat_maps(&mut table, &used);
     for f in frags {
         table.chains.extend(f.chains.iter().cloned());
         for s in &f.sets {
@@ -265,12 +334,30 @@ pub fn assemble<'f>(mut table: Table, frags: impl IntoIterator<Item = &'f Fragme
     table
 }
 
+/// Adds the (empty) DNAT maps in `used` to a table and their rules to its `services` chain, in
+/// (ClusterIP maps, NodePort maps; by endpoint count) order, after the masquerade marks and
+/// before the verdict maps.
+pub fn with_dnat_maps(table: &mut Table, used: &BTreeSet<DnatMap>) {
+    if used.is_empty() {
+        return;
+    }
+    let family = table.family;
+    for m in used {
+        table.sets.insert(m.name().to_string(), m.set(family));
+    }
+    if let Some(c) = table.chains.iter_mut().find(|c| c.name == "services") {
+        let at = c.rules.iter().position(|r| r.contains(" vmap @")).unwrap_or(c.rules.len());
+        let rules: Vec<String> = used.iter().map(|m| m.rule(family)).collect();
+        c.rules.splice(at..at, rules);
+    }
+}
+
 /// The shared sets and maps of a table: (name, is map, type).
 /// A table holding only the shared sets' (empty) definitions: the start of every rendered table,
 /// and what an incremental plan compares them with.
-pub(crate) fn shared_sets_table(family: Family, table: &str) -> Table {
-    let mut t = Table::new(family, table.to_string());
-    for (name, is_map, type_) in shared_sets(family) {
+pub(crate) fn shared_sets_table(family: Family, cfg: &ProxyConfig) -> Table {
+    let mut t = Table::new(family, cfg.table.clone());
+    for (name, is_map, type_) in shared_sets(family, cfg) {
         t.sets.insert(
             name.to_string(),
             Set { name: name.to_string(), is_map, type_, flags: None, timeout_secs: None, dynamic: false, elements: BTreeMap::new() },
@@ -279,9 +366,9 @@ pub(crate) fn shared_sets_table(family: Family, table: &str) -> Table {
     t
 }
 
-pub(crate) fn shared_sets(family: Family) -> Vec<(&'static str, bool, String)> {
+pub(crate) fn shared_sets(family: Family, cfg: &ProxyConfig) -> Vec<(&'static str, bool, String)> {
     let addr = family.addr_type();
-    vec![
+    let mut sets = vec![
         ("cluster-ips", false, addr.to_string()),
         ("nodeport-ips", false, addr.to_string()),
         ("service-ips", true, format!("{addr} . inet_proto . inet_service : verdict")),
@@ -289,7 +376,18 @@ pub(crate) fn shared_sets(family: Family) -> Vec<(&'static str, bool, String)> {
         ("no-endpoint-services", true, format!("{addr} . inet_proto . inet_service : verdict")),
         ("no-endpoint-nodeports", true, "inet_proto . inet_service : verdict".to_string()),
         ("hairpin-ips", false, format!("{addr} . {addr}")),
-    ]
+        ("masq-nodeports", false, "inet_proto . inet_service".to_string()),
+    ];
+    if marks_cluster_traffic(family, cfg) {
+        sets.push(("masq-service-ips", false, format!("{addr} . inet_proto . inet_service")));
+    }
+    sets
+}
+
+/// Whether traffic to ClusterIPs is marked for masquerade at all: always with
+/// `masquerade_all`, else when it comes from outside the cluster CIDRs (none known: never).
+fn marks_cluster_traffic(family: Family, cfg: &ProxyConfig) -> bool {
+    cfg.masquerade_all || cfg.cluster_cidrs.iter().any(|c| family_of(c.addr()) == family)
 }
 
 struct TableRenderer<'a> {
@@ -389,17 +487,31 @@ impl<'a> TableRenderer<'a> {
         let external_eps = if etp_local { &local } else { all };
         let no_ep_verdict = if has_any { "drop".to_string() } else { format!("goto {REJECT_CHAIN}") };
 
+        // The common cases need no chain of their own: a ClusterIP port without affinity, and a
+        // NodePort of externalTrafficPolicy Cluster without affinity, are elements of the shared
+        // DNAT maps (and of the masquerade-mark sets). Adding such a Service adds map elements
+        // only, which the kernel does not re-validate the table for.
+        let fast_internal = affinity.is_none() && !internal_eps.is_empty();
+        let fast_nodeport = affinity.is_none() && !etp_local && node_port.is_some() && !all.is_empty();
+
         let cluster_chain = format!("svc-{id}");
         let local_chain = format!("svl-{id}");
         let ext_chain = format!("ext-{id}");
         let ext_exists = has_external && !external_eps.is_empty();
-        let cluster_used = (!itp_local && has_any) || (ext_exists && (!etp_local || has_any));
-        let local_used = (itp_local && !local.is_empty()) || (ext_exists && etp_local);
+        // The ext- chain serves external IPs and NodePorts that take no fast path.
+        let ext_used = ext_exists && (!external_ips.is_empty() || (node_port.is_some() && !fast_nodeport));
+        let cluster_used = (!itp_local && has_any && !fast_internal) || (ext_used && (!etp_local || has_any));
+        let local_used = (itp_local && !local.is_empty() && !fast_internal) || (ext_used && etp_local);
 
         // ClusterIP.
         let key = format!("{cluster_ip} . {proto} . {svc_port}");
         if internal_eps.is_empty() {
             self.add_element("no-endpoint-services", key, Some(no_ep_verdict.clone()));
+        } else if fast_internal {
+            if !itp_local && marks_cluster_traffic(self.family, self.cfg) {
+                self.add_element("masq-service-ips", key.clone(), None);
+            }
+            self.dnat_elements(false, plan.proto, &format!("{cluster_ip} . {svc_port}"), internal_eps);
         } else {
             let target = if itp_local { &local_chain } else { &cluster_chain };
             self.add_element("service-ips", key, Some(format!("goto {target}")));
@@ -415,14 +527,25 @@ impl<'a> TableRenderer<'a> {
         }
         if let Some(np) = node_port {
             let key = format!("{proto} . {np}");
-            if ext_exists {
-                self.add_element("service-nodeports", key, Some(format!("goto {ext_chain}")));
-            } else {
+            if !ext_exists {
                 self.add_element("no-endpoint-nodeports", key, Some(no_ep_verdict.clone()));
+            } else if fast_nodeport {
+                self.add_element("masq-nodeports", key.clone(), None);
+                self.dnat_elements(true, plan.proto, &np.to_string(), all);
+            } else {
+                self.add_element("service-nodeports", key, Some(format!("goto {ext_chain}")));
             }
         }
+        // Hairpin: every endpoint some DNAT reaches.
+        let dnat_all = cluster_used || (fast_internal && !itp_local) || fast_nodeport;
+        let dnat_local = local_used || (fast_internal && itp_local);
+        if dnat_all {
+            self.hairpin.extend(all.iter().map(|e| e.ip));
+        } else if dnat_local {
+            self.hairpin.extend(local.iter().map(|e| e.ip));
+        }
 
-        // Endpoint chains (and affinity sets) for the endpoints some chain reaches.
+        // Affinity sets for the endpoints some chain reaches.
         let reachable: Vec<&ResolvedEndpoint> = if cluster_used {
             all.iter().collect()
         } else if local_used {
@@ -451,7 +574,7 @@ impl<'a> TableRenderer<'a> {
             };
             chains.push(Chain::new(local_chain.clone(), rules));
         }
-        if ext_exists {
+        if ext_used {
             let mut rules = Vec::new();
             if etp_local {
                 let cidrs = self.cidrs_of_family(&self.cfg.cluster_cidrs);
@@ -471,7 +594,6 @@ impl<'a> TableRenderer<'a> {
             chains.push(Chain::new(ext_chain, rules));
         }
         for ep in reachable {
-            self.hairpin.insert(ep.ip);
             if let Some(timeout) = affinity {
                 let set = affinity_set_name(id, ep);
                 self.frag.sets.push(
@@ -488,6 +610,18 @@ impl<'a> TableRenderer<'a> {
             }
         }
         self.frag.chains.extend(chains);
+    }
+
+    /// Elements of the shared DNAT map for `eps.len()` endpoints: `KEY . k : EP . PORT`.
+    fn dnat_elements(&mut self, nodeport: bool, proto: Proto, key: &str, eps: &[ResolvedEndpoint]) {
+        let Ok(n) = u32::try_from(eps.len()) else { return };
+        let map = DnatMap { nodeport, proto, n };
+        for (k, ep) in eps.iter().enumerate() {
+            self.frag.elements.push((map.name(), format!("{key} . {k}"), Some(format!("{} . {}", ep.ip, ep.port))));
+        }
+        if !self.frag.dnat_maps.contains(&map) {
+            self.frag.dnat_maps.push(map);
+        }
     }
 
     /// Affinity lookups, then the random pick, each with its DNAT (no chain per endpoint).
@@ -528,8 +662,27 @@ impl<'a> TableRenderer<'a> {
         rules
     }
 
+    /// The `services` chain without DNAT maps: masquerade marks of the fast-path destinations,
+    /// then the verdict maps of those with chains of their own ([`with_dnat_maps`] inserts the
+    /// DNAT rules in between).
+    fn services_rules(&self) -> Vec<String> {
+        let ip = self.ip();
+        let mut rules = Vec::new();
+        let cidrs = self.cidrs_of_family(&self.cfg.cluster_cidrs);
+        let dst = format!("{ip} daddr . meta l4proto . th dport @masq-service-ips");
+        if self.cfg.masquerade_all {
+            rules.push(format!("{dst} {}", self.mark()));
+        } else if !cidrs.is_empty() {
+            rules.push(format!("{dst} {ip} saddr != {} {}", set_literal(&cidrs), self.mark()));
+        }
+        rules.push(format!("{ip} daddr @nodeport-ips meta l4proto . th dport @masq-nodeports {}", self.mark()));
+        rules.push(format!("{ip} daddr . meta l4proto . th dport vmap @service-ips"));
+        rules.push(format!("{ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"));
+        rules
+    }
+
     fn skeleton(self) -> Table {
-        let mut table = shared_sets_table(self.family, &self.cfg.table);
+        let mut table = shared_sets_table(self.family, self.cfg);
         let ip = self.ip();
         let mark = self.cfg.masquerade_mark;
         // NodePort addresses.
@@ -570,10 +723,7 @@ impl<'a> TableRenderer<'a> {
             base("nat-prerouting", "nat", "prerouting", -100, vec![s("jump services")]),
             base("nat-output", "nat", "output", -100, vec![s("jump services")]),
             base("nat-postrouting", "nat", "postrouting", 100, vec![s("jump masquerading")]),
-            Chain::new("services", vec![
-                format!("{ip} daddr . meta l4proto . th dport vmap @service-ips"),
-                format!("{ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"),
-            ]),
+            Chain::new("services", self.services_rules()),
             Chain::new("service-endpoints-check", vec![format!(
                 "{ip} daddr . meta l4proto . th dport vmap @no-endpoint-services"
             )]),

@@ -392,5 +392,5 @@ pub async fn show_from_api(cfg: &ProxyRunConfig, namespace: &str, name: Option<&
         .map(|n| NodeFacts::from_node(&n))
         .unwrap_or_else(|| NodeFacts { name: cfg.node_name.clone(), addresses: Vec::new() });
     let rs = render(&services, &slices, &node, &cfg.proxy);
-    Ok(crate::show::show(&rs, namespace, name))
+    Ok(crate::show::show(&rs, &services, namespace, name))
 }

@@ -23,8 +23,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::config::{NodeFacts, ProxyConfig};
 use crate::inputs::{SliceInfo, SvcInfo, SvcKey};
 use crate::nft::{plan, Family, Ruleset, Table, Transaction};
-use crate::render::{assemble, render_service, skeleton, Fragment};
-use crate::sync::udp_endpoints_of_chain;
+use crate::render::{assemble, render_service, skeleton, with_dnat_maps, DnatMap, Fragment};
+use crate::sync::{udp_endpoint_of_element, udp_endpoints_of_chain};
 
 const FAMILIES: [Family; 2] = [Family::Ip, Family::Ip6];
 
@@ -61,6 +61,9 @@ pub struct ProxyState {
     frags: BTreeMap<SvcKey, [Fragment; 2]>,
     owners: [HashMap<(&'static str, u64), Owners>; 2],
     udp_refs: HashMap<(IpAddr, u16), u32>,
+    /// How many Services fill each shared DNAT map, per family (a map and its rule exist while
+    /// some Service uses them).
+    dnat_use: [BTreeMap<DnatMap, u32>; 2],
     dirty: BTreeSet<SvcKey>,
     needs_full: bool,
 }
@@ -77,6 +80,7 @@ impl ProxyState {
             frags: BTreeMap::new(),
             owners: [HashMap::new(), HashMap::new()],
             udp_refs: HashMap::new(),
+            dnat_use: [BTreeMap::new(), BTreeMap::new()],
             dirty: BTreeSet::new(),
             needs_full: true,
         }
@@ -276,6 +280,22 @@ impl ProxyState {
             }
         }
         // 4. Swap the fragments in; keep the old ones for the plan and the UDP counts.
+        let dnat_before: [BTreeSet<DnatMap>; 2] = self.dnat_use.clone().map(|m| m.into_keys().collect());
+        for (key, new) in &new_frags {
+            for fi in 0..2 {
+                for m in self.frags.get(key).iter().flat_map(|f| f[fi].dnat_maps.iter()) {
+                    if let Some(n) = self.dnat_use[fi].get_mut(m) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.dnat_use[fi].remove(m);
+                        }
+                    }
+                }
+                for m in new.iter().flat_map(|f| f[fi].dnat_maps.iter()) {
+                    *self.dnat_use[fi].entry(*m).or_insert(0) += 1;
+                }
+            }
+        }
         let mut old_frags: Vec<[Fragment; 2]> = Vec::with_capacity(new_frags.len());
         let mut kept: Vec<SvcKey> = Vec::with_capacity(new_frags.len());
         for (key, new) in new_frags {
@@ -290,8 +310,8 @@ impl ProxyState {
         }
         // UDP endpoints: count down the old, up the new; what reaches zero is stale.
         let mut maybe_stale: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
-        for c in old_frags.iter().flat_map(|fr| fr.iter().flat_map(|f| f.chains.iter())) {
-            for ep in udp_endpoints_of_chain(c) {
+        for ep in old_frags.iter().flat_map(|fr| fr.iter().flat_map(udp_endpoints_of_fragment)) {
+            {
                 if let Some(n) = self.udp_refs.get_mut(&ep) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
@@ -302,10 +322,8 @@ impl ProxyState {
             }
         }
         for key in &kept {
-            for c in self.frags.get(key).into_iter().flat_map(|fr| fr.iter().flat_map(|f| f.chains.iter())) {
-                for ep in udp_endpoints_of_chain(c) {
-                    *self.udp_refs.entry(ep).or_insert(0) += 1;
-                }
+            for ep in self.frags.get(key).into_iter().flat_map(|fr| fr.iter().flat_map(udp_endpoints_of_fragment)) {
+                *self.udp_refs.entry(ep).or_insert(0) += 1;
             }
         }
         let stale_udp_endpoints: Vec<(IpAddr, u16)> =
@@ -318,8 +336,8 @@ impl ProxyState {
         let mut prev_tables: Vec<Table> = Vec::with_capacity(2);
         let mut next_tables: Vec<Table> = Vec::with_capacity(2);
         for (fi, family) in FAMILIES.into_iter().enumerate() {
-            let mut prev = self.mini_table(family);
-            let mut next = self.mini_table(family);
+            let mut prev = self.mini_table(family, &dnat_before[fi]);
+            let mut next = self.mini_table(family, &self.dnat_use[fi].keys().copied().collect());
             for ((set, k), v) in affected[fi].iter().zip(&before[fi]) {
                 if let Some(v) = v {
                     insert_element(&mut prev, set, k, v.clone());
@@ -362,9 +380,14 @@ impl ProxyState {
         })
     }
 
-    /// A table with the shared sets' definitions only (what an incremental plan compares).
-    fn mini_table(&self, family: Family) -> Table {
-        crate::render::shared_sets_table(family, &self.cfg.table)
+    /// What an incremental plan compares besides the changed Services' chains: the shared sets'
+    /// definitions, the DNAT maps in use and the `services` chain with their rules (unchanged
+    /// unless a map comes or goes).
+    fn mini_table(&self, family: Family, dnat: &BTreeSet<DnatMap>) -> Table {
+        let mut t = skeleton(family, &self.node, &self.cfg);
+        t.chains.retain(|c| c.name == "services");
+        with_dnat_maps(&mut t, dnat);
+        t
     }
 
     /// The whole desired ruleset (re-renders dirty Services first, without planning).
@@ -389,6 +412,13 @@ impl ProxyState {
             .collect();
         Ruleset { tables }
     }
+}
+
+/// UDP endpoints a Service's fragment DNATs to (chains and DNAT-map elements).
+fn udp_endpoints_of_fragment(f: &Fragment) -> Vec<(IpAddr, u16)> {
+    let mut out: Vec<(IpAddr, u16)> = f.chains.iter().flat_map(udp_endpoints_of_chain).collect();
+    out.extend(f.elements.iter().filter_map(|(s, k, v)| udp_endpoint_of_element(s, k, v.as_deref())));
+    out
 }
 
 fn key_of(namespace: Option<&str>, name: Option<&str>) -> SvcKey {

@@ -161,47 +161,73 @@ impl Syncer {
 }
 
 /// UDP endpoints present in `old` and gone from `new`, read from the DNAT targets of the
-/// Service chains of UDP ports (`svc-NS/NAME/udp/PORT`, `svl-...`).
+/// Service chains of UDP ports (`svc-NS/NAME/udp/PORT`, `svl-...`) and from the UDP elements of
+/// the shared DNAT maps.
 pub fn stale_udp_endpoints(old: &Ruleset, new: &Ruleset) -> Vec<(IpAddr, u16)> {
-    let endpoints = |r: &Ruleset| -> BTreeSet<(IpAddr, u16)> {
-        r.tables.iter().flat_map(|t| t.chains.iter()).flat_map(udp_endpoints_of_chain).collect()
-    };
+    let endpoints = |r: &Ruleset| -> BTreeSet<(IpAddr, u16)> { r.tables.iter().flat_map(udp_endpoints_of_table).collect() };
     let now = endpoints(new);
     endpoints(old).difference(&now).copied().collect()
 }
 
-/// UDP endpoints of the chains `tx` flushes or deletes (as they were in `old`) that no chain
-/// of `new` still uses.
+/// UDP endpoints of the chains and DNAT-map elements `tx` flushes or deletes (as they were in
+/// `old`) that nothing in `new` still uses.
 pub fn stale_udp_endpoints_of_plan(tx: &Transaction, old: &Ruleset, new: &Ruleset) -> Vec<(IpAddr, u16)> {
-    let touched: BTreeSet<(crate::nft::Family, &str)> = tx
-        .ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::FlushChain(t, c) | Op::DeleteChain(t, c) if is_udp_service_chain(c) => Some((t.family, c.as_str())),
-            _ => None,
-        })
-        .collect();
-    if touched.is_empty() {
-        return Vec::new();
+    let mut touched: BTreeSet<(crate::nft::Family, &str)> = BTreeSet::new();
+    let mut candidates: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+    let old_set = |f: crate::nft::Family, name: &str| old.table(f).and_then(|t| t.sets.get(name));
+    for op in &tx.ops {
+        match op {
+            Op::FlushChain(t, c) | Op::DeleteChain(t, c) if is_udp_service_chain(c) => {
+                touched.insert((t.family, c.as_str()));
+            }
+            Op::DeleteElements(t, s, keys) => {
+                if let Some(os) = old_set(t.family, &s.name) {
+                    for k in keys {
+                        let v = os.elements.get(k).and_then(|v| v.as_deref());
+                        candidates.extend(udp_endpoint_of_element(&s.name, k, v));
+                    }
+                }
+            }
+            Op::DeleteSet(t, name) | Op::FlushSet(t, name, _) => {
+                if let Some(os) = old_set(t.family, name) {
+                    candidates.extend(os.elements.iter().filter_map(|(k, v)| udp_endpoint_of_element(name, k, v.as_deref())));
+                }
+            }
+            _ => {}
+        }
     }
     let touched = &touched;
-    let candidates: BTreeSet<(IpAddr, u16)> = old
-        .tables
-        .iter()
-        .flat_map(|t| t.chains.iter().filter(move |c| touched.contains(&(t.family, c.name.as_str()))))
-        .flat_map(udp_endpoints_of_chain)
-        .collect();
+    candidates.extend(
+        old.tables
+            .iter()
+            .flat_map(|t| t.chains.iter().filter(move |c| touched.contains(&(t.family, c.name.as_str()))))
+            .flat_map(udp_endpoints_of_chain),
+    );
     if candidates.is_empty() {
         return Vec::new();
     }
-    let still: BTreeSet<(IpAddr, u16)> = new
-        .tables
-        .iter()
-        .flat_map(|t| t.chains.iter())
-        .flat_map(udp_endpoints_of_chain)
-        .filter(|e| candidates.contains(e))
-        .collect();
+    let still: BTreeSet<(IpAddr, u16)> =
+        new.tables.iter().flat_map(udp_endpoints_of_table).filter(|e| candidates.contains(e)).collect();
     candidates.difference(&still).copied().collect()
+}
+
+/// UDP endpoints a table DNATs to: its UDP Service chains and shared DNAT-map elements.
+fn udp_endpoints_of_table(t: &crate::nft::Table) -> Vec<(IpAddr, u16)> {
+    let mut out: Vec<(IpAddr, u16)> = t.chains.iter().flat_map(udp_endpoints_of_chain).collect();
+    for (name, s) in &t.sets {
+        out.extend(s.elements.iter().filter_map(|(k, v)| udp_endpoint_of_element(name, k, v.as_deref())));
+    }
+    out
+}
+
+/// The endpoint of an element of a shared UDP DNAT map (`... : EP . PORT`); `None` for
+/// anything else.
+pub(crate) fn udp_endpoint_of_element(set: &str, _key: &str, value: Option<&str>) -> Option<(IpAddr, u16)> {
+    if !crate::render::DnatMap::is_udp_map(set) {
+        return None;
+    }
+    let (ip, port) = value?.split_once(" . ")?;
+    Some((ip.parse().ok()?, port.parse().ok()?))
 }
 
 fn is_udp_service_chain(name: &str) -> bool {

@@ -217,7 +217,15 @@ fn full_sync_script_shape() {
 fn show_service() {
     let (s, e) = seed003();
     let rs = r(&[with_affinity(s, Some(10800))], &[e]);
-    golden("show-svc-clusterip.txt", &dari_proxy::show(&rs, "default", Some("svc-clusterip")));
+    golden("show-svc-clusterip.txt", &dari_proxy::show(&rs, &[with_affinity(seed003().0, Some(10800))], "default", Some("svc-clusterip")));
+}
+
+#[test]
+fn show_service_on_the_fast_path() {
+    // Without affinity the Service has no chain: `show` finds its elements by its addresses.
+    let (svc, e) = seed003();
+    let rs = r(&[svc.clone()], &[e]);
+    golden("show-svc-fast.txt", &dari_proxy::show(&rs, &[svc], "default", Some("svc-clusterip")));
 }
 
 #[test]

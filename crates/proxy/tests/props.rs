@@ -165,7 +165,24 @@ proptest! {
                 let dnats = |prefix: &str| -> String {
                     t.chain(&format!("{prefix}-{id}")).filter(|c| reach.contains(&c.name)).map(|c| c.rules.join("\n")).unwrap_or_default()
                 };
-                let text = format!("{}\n{}", dnats("svc"), dnats("svl"));
+                // The fast path: elements of the shared DNAT maps keyed by the ClusterIP and port.
+                let cip = svc.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
+                let proto = port.protocol.as_deref().unwrap().to_lowercase();
+                let prefix = format!("{cip} . {} . ", port.port);
+                let np_prefix = port.node_port.map(|np| format!("{np} . "));
+                let (svc_maps, np_maps) = (format!("service-dnat-{proto}-"), format!("nodeport-dnat-{proto}-"));
+                let mapped: Vec<String> = t
+                    .sets
+                    .iter()
+                    .flat_map(|(n, s)| s.elements.iter().map(move |e| (n, e)))
+                    .filter(|(n, (k, _))| {
+                        (n.starts_with(&svc_maps) && k.starts_with(&prefix))
+                            || (n.starts_with(&np_maps) && np_prefix.as_ref().is_some_and(|p| k.starts_with(p)))
+                    })
+                    .map(|(_, e)| e)
+                    .filter_map(|(_, v)| v.as_deref()?.split_once(" . ").map(|(ip, p)| format!("dnat to {ip}:{p}")))
+                    .collect();
+                let text = format!("{}\n{}\n{}", dnats("svc"), dnats("svl"), mapped.join("\n"));
                 for ep in usable.iter().filter(|e| all_reachable || e.local) {
                     let dnat = format!("dnat to {}:{}", ep.ip, ep.port);
                     prop_assert!(text.contains(&dnat), "endpoint {} of {} not reachable", dnat, id);
