@@ -317,6 +317,11 @@ fn main() {
         let out = s.sync_state(&mut st, false).expect("add one");
         let total = t0.elapsed();
         add_c.push(thread_cpu() - c0);
+        // The kernel really has it (the one-endpoint Service is an element of its DNAT map).
+        assert!(
+            sh(&format!("ip netns exec {} nft list map ip dari service-dnat-tcp-1 | grep -q '10.99.0.1 . 80 . 0 : 10.250.0.1 . 8080'", ns.name)),
+            "added Service not in the kernel's DNAT map"
+        );
         add_p.push(total - out.apply_time);
         add_a.push(out.apply_time);
         st.delete_service("bench", "added");

@@ -8,10 +8,12 @@
 //! What is encoded here (everything the renderer writes in its default layout, full syncs
 //! included): tables, chains (regular and base), `flush chain`, `delete chain|set|table`,
 //! `add set|map` (keys of `ipv4_addr`/`ipv6_addr`/`inet_proto`/`inet_service` or concatenations,
-//! verdict maps, `dynamic,timeout` sets), `flush set|map`, elements of static sets and verdict
-//! maps, and rules made of: `ip|ip6 saddr|daddr [!=] ADDR[/PREFIX]`, `... @set`, concatenations
-//! (`ip daddr . meta l4proto . th dport`) looked up in a set or a verdict map (`vmap @map`),
-//! `tcp|udp|sctp dport N`, `meta l4proto P`, `numgen random mod N == K`, `ct state new`,
+//! verdict maps, `dynamic,timeout` sets, and the `typeof` DNAT maps with nft's userdata so that
+//! `nft list` prints them as nft would), `flush set|map`, elements of static sets, verdict maps
+//! and data maps, and rules made of: `ip|ip6 saddr|daddr [!=] ADDR[/PREFIX]`, `... @set`,
+//! concatenations (`ip daddr . meta l4proto . th dport`, `ip daddr . tcp dport . numgen random
+//! mod N`) looked up in a set, a verdict map (`vmap @map`) or a data map (`dnat ip to ... map
+//! @map`), `tcp|udp|sctp dport N`, `meta l4proto P`, `numgen random mod N == K`, `ct state new`,
 //! `ct status dnat`, `fib saddr type local`, `meta mark and M == V`, `meta mark set meta mark
 //! or|xor M`, `update @set { ip saddr }`, then `jump|goto CHAIN`, `return`, `drop`, `accept`,
 //! `dnat to ADDR:PORT`, `masquerade [fully-random]` or `reject`, and a trailing `comment "..."`.
@@ -21,12 +23,12 @@
 //! The encodings match what `nft --debug=netlink` shows for the same text; the netns tests
 //! compare `nft list` of a netlink-applied table with an `nft -f`-applied one.
 //!
-//! What is left at 10,000 Services: a batch that adds a rule with an expression the kernel
-//! validates (a `dnat`, a jump/goto, `meta mark set` ...) or a verdict-map element makes the
-//! kernel re-validate every chain reachable from the base chains at commit
-//! (`nft_table_validate` -> `nft_chain_validate`, seen with `perf`): about 50 ms of CPU for
-//! 10,000 Service chains here. Any nftables client pays it (nft, knftables); only fewer rules
-//! and expressions in the reachable chains shrink it.
+//! Cost: a batch that adds a rule with an expression the kernel validates (a `dnat`, a
+//! jump/goto, `meta mark set` ...) or a verdict-map element makes the kernel re-validate every
+//! chain reachable from the base chains at commit (`nft_table_validate`); a rule that looks up a
+//! data map makes it check every element of the map when the rule is added. The renderer's
+//! layout keeps both out of the common path: adding or changing a Service without affinity only
+//! adds and deletes map elements.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};

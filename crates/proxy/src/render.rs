@@ -1,29 +1,37 @@
 //! The pure renderer: (Services, EndpointSlices, node facts, config) -> [`Ruleset`].
 //!
-//! Layout per family, as kube-proxy's nftables mode (names shortened):
+//! Layout per family (names shortened):
 //!
 //! ```text
 //! nat-prerouting / nat-output  -> jump services
-//! services:   ip daddr . meta l4proto . th dport vmap @service-ips
+//! services:   mark for masquerade: ClusterIP ports in @masq-service-ips from outside the cluster
+//!             CIDRs, NodePorts in @masq-nodeports
+//!             jump service-dnat-tcp-N ...   (one chain per shared DNAT map in use, one rule each:
+//!                 dnat ip to ip daddr . tcp dport . numgen random mod N map @service-dnat-tcp-N)
+//!             jump nodeport-dnat-tcp-N ...  (ip daddr @nodeport-ips dnat ip to tcp dport . numgen ..)
+//!             ip daddr . meta l4proto . th dport vmap @service-ips       (Services with chains)
 //!             ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
 //! svc-NS/NAME/PROTO/PORT   (all endpoints)   mark-if-from-outside, affinity, random pick + DNAT
-//!                          (`numgen random mod N-k == 0 ... dnat to EP-k` cascade;
-//!                          `numgen_vmap`: one `dnat ip to numgen random mod N map { .. }`)
 //! svl-NS/NAME/PROTO/PORT   (local endpoints, for trafficPolicy Local)
-//! ext-NS/NAME/PROTO/PORT   (NodePort, externalIPs, LB IPs) mark for masquerade, goto svc-/svl-
+//! ext-NS/NAME/PROTO/PORT   (NodePort with Local policy, externalIPs, LB IPs) mark, goto svc-/svl-
 //! filter-{input,forward,output}: ct state new -> no-endpoint-services (reject / drop),
 //!             cluster-ips-check (reject other ports of a ClusterIP)
 //! nat-postrouting -> masquerading: masquerade hairpin (`@hairpin-ips`: EP . EP) and what
 //!             carries the mark
 //! ```
 //!
-//! One chain per Service port, none per endpoint: the DNAT is in the Service chain, the
-//! masquerade mark is set inline (no shared chain to jump to), hairpin traffic (a pod reaching
-//! itself through its Service) is recognised in postrouting by `ip saddr . ip daddr` in a set of
-//! `EP . EP` pairs, and session affinity keeps one dynamic set per endpoint
-//! (`ip saddr @aff-.. update @aff-.. { ip saddr } dnat to EP`). Fewer chains and rules matter: a
-//! batch that adds a `dnat`, a jump or a verdict-map element makes the kernel re-validate every
-//! chain reachable from the base chains at commit.
+//! The common case needs no chain of its own. A ClusterIP port without session affinity (either
+//! internalTrafficPolicy: Local picks among the local endpoints) and a NodePort with
+//! externalTrafficPolicy Cluster without affinity are elements of the shared DNAT maps: all ports
+//! of one protocol with `N` endpoints share `service-dnat-PROTO-N` (`ClusterIP . port . k :
+//! endpoint . port`, `k` in `0..N`), and the `numgen random mod N` in the lookup key picks the
+//! endpoint. Adding such a Service adds map elements only: the kernel re-validates the table at
+//! commit only for batches that add rules with verdicts, NAT, or verdict-map elements, and binding
+//! a rule to a data map walks every element (`nf_tables_bind_set`), which is why each map's rule
+//! sits in its own chain, written once. Services with affinity, Local external policy or external
+//! IPs keep the kube-proxy-style chains: one chain per Service port (the DNAT in it, the mark inline,
+//! affinity with one dynamic set per endpoint, `ip saddr @aff-.. update @aff-.. { ip saddr } dnat
+//! to EP`), reached through the `service-ips` verdict map.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -223,8 +231,31 @@ pub struct Fragment {
     /// (shared set name, key, value) in render order; a later element wins over an earlier one
     /// with the same key, and a later Service over an earlier one.
     pub elements: Vec<(&'static str, String, Option<String>)>,
-    /// The shared DNAT maps its elements go into (each once).
-    pub dnat_maps: Vec<DnatMap>,
+    /// Its elements of the shared DNAT maps, one group per destination.
+    pub dnat: Vec<DnatGroup>,
+    /// Endpoint addresses its DNATs reach, sorted: `EP . EP` elements of `@hairpin-ips`, shared
+    /// by every Service with that endpoint (counted by [`crate::ProxyState`], not owned).
+    pub hairpin: Vec<IpAddr>,
+}
+
+/// The elements of one destination (a ClusterIP port or a NodePort) in a shared DNAT map:
+/// `KEY . k : endpoint k` for each endpoint, kept compact (the element text is made when a table
+/// or transaction needs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnatGroup {
+    /// The map (its `n` is the number of endpoints).
+    pub map: DnatMap,
+    /// `CLUSTERIP . PORT`, or `NODEPORT`.
+    pub key: Box<str>,
+    /// (address, port) of each endpoint, in pick order.
+    pub endpoints: Vec<(IpAddr, u16)>,
+}
+
+impl DnatGroup {
+    /// The map elements: (key, value) text.
+    pub fn elements(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.endpoints.iter().enumerate().map(|(k, (ip, port))| (format!("{} . {k}", self.key), format!("{ip} . {port}")))
+    }
 }
 
 /// One of the shared DNAT maps: all Service ports of one protocol with `n` endpoints share one
@@ -302,10 +333,7 @@ pub fn render_service(
 ) -> Fragment {
     let mut r = TableRenderer { family, node, cfg, frag: Fragment::default(), hairpin: BTreeSet::new() };
     r.service(key, svc, slices);
-    let hairpin = std::mem::take(&mut r.hairpin);
-    for a in hairpin {
-        r.add_element("hairpin-ips", format!("{a} . {a}"), None);
-    }
+    r.frag.hairpin = std::mem::take(&mut r.hairpin).into_iter().collect();
     r.frag
 }
 
@@ -318,7 +346,7 @@ pub fn skeleton(family: Family, node: &NodeFacts, cfg: &ProxyConfig) -> Table {
 /// The table: `skeleton` plus the fragments (in Service order), with the DNAT maps they use
 /// (see [`with_dnat_maps`]).
 pub fn assemble<'f>(mut table: Table, frags: impl IntoIterator<Item = &'f Fragment> + Clone) -> Table {
-    let used: BTreeSet<DnatMap> = frags.clone().into_iter().flat_map(|f| f.dnat_maps.iter().copied()).collect();
+    let used: BTreeSet<DnatMap> = frags.clone().into_iter().flat_map(|f| f.dnat.iter().map(|g| g.map)).collect();
     with_dnat_maps(&mut table, &used);
     for f in frags {
         table.chains.extend(f.chains.iter().cloned());
@@ -330,13 +358,30 @@ pub fn assemble<'f>(mut table: Table, frags: impl IntoIterator<Item = &'f Fragme
                 s.elements.insert(k.clone(), v.clone());
             }
         }
+        if let Some(s) = table.sets.get_mut("hairpin-ips") {
+            s.elements.extend(f.hairpin.iter().map(|a| (hairpin_element(*a), None)));
+        }
+        for g in &f.dnat {
+            if let Some(s) = table.sets.get_mut(g.map.name()) {
+                s.elements.extend(g.elements().map(|(k, v)| (k, Some(v))));
+            }
+        }
     }
     table
 }
 
-/// Adds the (empty) DNAT maps in `used` to a table and their rules to its `services` chain, in
-/// (ClusterIP maps, NodePort maps; by endpoint count) order, after the masquerade marks and
-/// before the verdict maps.
+/// The `@hairpin-ips` element of an endpoint address (`EP . EP`).
+pub(crate) fn hairpin_element(a: IpAddr) -> String {
+    format!("{a} . {a}")
+}
+
+/// Adds the (empty) DNAT maps in `used` to a table, each with a chain of the same name holding
+/// its one DNAT rule, and a `jump` to each chain in `services` (ClusterIP maps, NodePort maps;
+/// by protocol and endpoint count), after the masquerade marks and before the verdict maps.
+///
+/// Why a chain per map: a rule that looks a map up makes the kernel check every element of the
+/// map when the rule is added (`nf_tables_bind_set`), so `services` (flushed and refilled when a
+/// map comes or goes) must not hold those rules; a map's own chain is written once.
 pub fn with_dnat_maps(table: &mut Table, used: &BTreeSet<DnatMap>) {
     if used.is_empty() {
         return;
@@ -345,11 +390,12 @@ pub fn with_dnat_maps(table: &mut Table, used: &BTreeSet<DnatMap>) {
     for m in used {
         table.sets.insert(m.name().to_string(), m.set(family));
     }
-    if let Some(c) = table.chains.iter_mut().find(|c| c.name == "services") {
-        let at = c.rules.iter().position(|r| r.contains(" vmap @")).unwrap_or(c.rules.len());
-        let rules: Vec<String> = used.iter().map(|m| m.rule(family)).collect();
-        c.rules.splice(at..at, rules);
-    }
+    let Some(at) = table.chains.iter().position(|c| c.name == "services") else { return };
+    let c = &mut table.chains[at];
+    let first_vmap = c.rules.iter().position(|r| r.contains(" vmap @")).unwrap_or(c.rules.len());
+    c.rules.splice(first_vmap..first_vmap, used.iter().map(|m| format!("jump {}", m.name())));
+    let chains: Vec<Chain> = used.iter().map(|m| Chain::new(m.name(), vec![m.rule(family)])).collect();
+    table.chains.splice(at + 1..at + 1, chains);
 }
 
 /// The shared sets and maps of a table: (name, is map, type).
@@ -615,13 +661,11 @@ impl<'a> TableRenderer<'a> {
     /// Elements of the shared DNAT map for `eps.len()` endpoints: `KEY . k : EP . PORT`.
     fn dnat_elements(&mut self, nodeport: bool, proto: Proto, key: &str, eps: &[ResolvedEndpoint]) {
         let Ok(n) = u32::try_from(eps.len()) else { return };
-        let map = DnatMap { nodeport, proto, n };
-        for (k, ep) in eps.iter().enumerate() {
-            self.frag.elements.push((map.name(), format!("{key} . {k}"), Some(format!("{} . {}", ep.ip, ep.port))));
-        }
-        if !self.frag.dnat_maps.contains(&map) {
-            self.frag.dnat_maps.push(map);
-        }
+        self.frag.dnat.push(DnatGroup {
+            map: DnatMap { nodeport, proto, n },
+            key: key.into(),
+            endpoints: eps.iter().map(|e| (e.ip, e.port)).collect(),
+        });
     }
 
     /// Affinity lookups, then the random pick, each with its DNAT (no chain per endpoint).

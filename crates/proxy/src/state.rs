@@ -23,8 +23,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::config::{NodeFacts, ProxyConfig};
 use crate::inputs::{SliceInfo, SvcInfo, SvcKey};
 use crate::nft::{plan, Family, Ruleset, Table, Transaction};
-use crate::render::{assemble, render_service, skeleton, with_dnat_maps, DnatMap, Fragment};
-use crate::sync::{udp_endpoint_of_element, udp_endpoints_of_chain};
+use crate::render::{assemble, hairpin_element, render_service, skeleton, with_dnat_maps, DnatGroup, DnatMap, Fragment, Proto};
+use crate::sync::udp_endpoints_of_chain;
 
 const FAMILIES: [Family; 2] = [Family::Ip, Family::Ip6];
 
@@ -64,6 +64,8 @@ pub struct ProxyState {
     /// How many Services fill each shared DNAT map, per family (a map and its rule exist while
     /// some Service uses them).
     dnat_use: [BTreeMap<DnatMap, u32>; 2],
+    /// How many Services DNAT to each endpoint address, per family (`@hairpin-ips`).
+    hairpin_refs: [HashMap<IpAddr, u32>; 2],
     dirty: BTreeSet<SvcKey>,
     needs_full: bool,
 }
@@ -81,6 +83,7 @@ impl ProxyState {
             owners: [HashMap::new(), HashMap::new()],
             udp_refs: HashMap::new(),
             dnat_use: [BTreeMap::new(), BTreeMap::new()],
+            hairpin_refs: [HashMap::new(), HashMap::new()],
             dirty: BTreeSet::new(),
             needs_full: true,
         }
@@ -257,6 +260,19 @@ impl ProxyState {
         let before: Vec<Vec<Option<Option<String>>>> = (0..2)
             .map(|fi| affected[fi].iter().map(|(set, k)| if plan_tx { self.winner(fi, set, k) } else { None }).collect())
             .collect();
+        // The same for DNAT-map destinations, a group of elements at a time.
+        let mut affected_groups: [BTreeSet<(&'static str, Box<str>)>; 2] = [BTreeSet::new(), BTreeSet::new()];
+        for (key, new) in new_frags.iter().filter(|_| plan_tx) {
+            for fi in 0..2 {
+                let old = self.frags.get(key).map(|f| &f[fi].dnat);
+                let new = new.as_ref().map(|f| &f[fi].dnat);
+                for g in old.into_iter().flatten().chain(new.into_iter().flatten()) {
+                    affected_groups[fi].insert((group_kind(g.map), g.key.clone()));
+                }
+            }
+        }
+        let groups_before: Vec<Vec<Option<DnatGroup>>> =
+            (0..2).map(|fi| affected_groups[fi].iter().map(|(kind, k)| self.group_winner(fi, kind, k)).collect()).collect();
         // 3. Ownership: the old fragments give up their elements, the new ones claim theirs.
         for (key, new) in &new_frags {
             for fi in 0..2 {
@@ -277,22 +293,62 @@ impl ProxyState {
                         owners.insert(i, key.clone());
                     }
                 }
+                if let Some(old) = self.frags.get(key) {
+                    for g in &old[fi].dnat {
+                        let id = (group_kind(g.map), hash_key(&g.key));
+                        if let Some(owners) = self.owners[fi].get_mut(&id) {
+                            owners.retain(|o| o != key);
+                            if owners.is_empty() {
+                                self.owners[fi].remove(&id);
+                            }
+                        }
+                    }
+                }
+                for g in new.iter().flat_map(|f| f[fi].dnat.iter()) {
+                    let owners = self.owners[fi].entry((group_kind(g.map), hash_key(&g.key))).or_default();
+                    if let Err(i) = owners.binary_search(key) {
+                        owners.insert(i, key.clone());
+                    }
+                }
+            }
+        }
+        // Hairpin addresses: counted; an element exists while some Service DNATs to it.
+        let mut hairpin_touched: [BTreeMap<IpAddr, bool>; 2] = [BTreeMap::new(), BTreeMap::new()];
+        for (key, new) in &new_frags {
+            for fi in 0..2 {
+                let old = self.frags.get(key).map(|f| f[fi].hairpin.as_slice()).unwrap_or_default();
+                let new = new.as_ref().map(|f| f[fi].hairpin.as_slice()).unwrap_or_default();
+                for a in old {
+                    let before = self.hairpin_refs[fi].contains_key(a);
+                    hairpin_touched[fi].entry(*a).or_insert(before);
+                    if let Some(n) = self.hairpin_refs[fi].get_mut(a) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.hairpin_refs[fi].remove(a);
+                        }
+                    }
+                }
+                for a in new {
+                    let before = self.hairpin_refs[fi].contains_key(a);
+                    hairpin_touched[fi].entry(*a).or_insert(before);
+                    *self.hairpin_refs[fi].entry(*a).or_insert(0) += 1;
+                }
             }
         }
         // 4. Swap the fragments in; keep the old ones for the plan and the UDP counts.
         let dnat_before: [BTreeSet<DnatMap>; 2] = self.dnat_use.clone().map(|m| m.into_keys().collect());
         for (key, new) in &new_frags {
             for fi in 0..2 {
-                for m in self.frags.get(key).iter().flat_map(|f| f[fi].dnat_maps.iter()) {
-                    if let Some(n) = self.dnat_use[fi].get_mut(m) {
+                for g in self.frags.get(key).iter().flat_map(|f| f[fi].dnat.iter()) {
+                    if let Some(n) = self.dnat_use[fi].get_mut(&g.map) {
                         *n = n.saturating_sub(1);
                         if *n == 0 {
-                            self.dnat_use[fi].remove(m);
+                            self.dnat_use[fi].remove(&g.map);
                         }
                     }
                 }
-                for m in new.iter().flat_map(|f| f[fi].dnat_maps.iter()) {
-                    *self.dnat_use[fi].entry(*m).or_insert(0) += 1;
+                for g in new.iter().flat_map(|f| f[fi].dnat.iter()) {
+                    *self.dnat_use[fi].entry(g.map).or_insert(0) += 1;
                 }
             }
         }
@@ -338,6 +394,26 @@ impl ProxyState {
         for (fi, family) in FAMILIES.into_iter().enumerate() {
             let mut prev = self.mini_table(family, &dnat_before[fi]);
             let mut next = self.mini_table(family, &self.dnat_use[fi].keys().copied().collect());
+            for (a, before) in &hairpin_touched[fi] {
+                if *before {
+                    insert_element(&mut prev, "hairpin-ips", &hairpin_element(*a), None);
+                }
+                if self.hairpin_refs[fi].contains_key(a) {
+                    insert_element(&mut next, "hairpin-ips", &hairpin_element(*a), None);
+                }
+            }
+            for ((kind, k), old) in affected_groups[fi].iter().zip(&groups_before[fi]) {
+                if let Some(g) = old {
+                    for (ek, ev) in g.elements() {
+                        insert_element(&mut prev, g.map.name(), &ek, Some(ev));
+                    }
+                }
+                if let Some(g) = self.group_winner(fi, kind, k) {
+                    for (ek, ev) in g.elements() {
+                        insert_element(&mut next, g.map.name(), &ek, Some(ev));
+                    }
+                }
+            }
             for ((set, k), v) in affected[fi].iter().zip(&before[fi]) {
                 if let Some(v) = v {
                     insert_element(&mut prev, set, k, v.clone());
@@ -380,6 +456,15 @@ impl ProxyState {
         })
     }
 
+    /// The DNAT elements of destination `key` now: those of the last Service (in key order)
+    /// whose fragment has a group for it.
+    fn group_winner(&self, fi: usize, kind: &'static str, key: &str) -> Option<DnatGroup> {
+        let owners = self.owners[fi].get(&(kind, hash_key(key)))?;
+        owners.iter().rev().find_map(|o| {
+            self.frags.get(o)?[fi].dnat.iter().rev().find(|g| group_kind(g.map) == kind && &*g.key == key).cloned()
+        })
+    }
+
     /// What an incremental plan compares besides the changed Services' chains: the shared sets'
     /// definitions, the DNAT maps in use and the `services` chain with their rules (unchanged
     /// unless a map comes or goes).
@@ -417,8 +502,21 @@ impl ProxyState {
 /// UDP endpoints a Service's fragment DNATs to (chains and DNAT-map elements).
 fn udp_endpoints_of_fragment(f: &Fragment) -> Vec<(IpAddr, u16)> {
     let mut out: Vec<(IpAddr, u16)> = f.chains.iter().flat_map(udp_endpoints_of_chain).collect();
-    out.extend(f.elements.iter().filter_map(|(s, k, v)| udp_endpoint_of_element(s, k, v.as_deref())));
+    out.extend(f.dnat.iter().filter(|g| g.map.proto == Proto::Udp).flat_map(|g| g.endpoints.iter().copied()));
     out
+}
+
+/// Owner-index name of a DNAT destination: ClusterIP or NodePort, and protocol (a destination
+/// moves between the maps of different endpoint counts; its owner does not change).
+fn group_kind(m: DnatMap) -> &'static str {
+    match (m.nodeport, m.proto) {
+        (false, Proto::Tcp) => "dnat service tcp",
+        (false, Proto::Udp) => "dnat service udp",
+        (false, Proto::Sctp) => "dnat service sctp",
+        (true, Proto::Tcp) => "dnat nodeport tcp",
+        (true, Proto::Udp) => "dnat nodeport udp",
+        (true, Proto::Sctp) => "dnat nodeport sctp",
+    }
 }
 
 fn key_of(namespace: Option<&str>, name: Option<&str>) -> SvcKey {

@@ -143,10 +143,13 @@ impl Syncer {
         let plan_time = t0.elapsed();
         let lines = tx.ops.len();
         let t1 = std::time::Instant::now();
-        match self.applier.apply_tx(&tx) {
+        let applied = self.applier.apply_tx(&tx);
+        drop(tx);
+        match applied {
             Ok(()) => {
                 if kind == SyncKind::Full {
                     st.full_sync_done();
+                    release_freed_memory();
                 }
                 let apply_time = t1.elapsed();
                 tracing::debug!(?kind, lines, rerendered = changes.rerendered, ?plan_time, ?apply_time, "applied");
@@ -157,6 +160,18 @@ impl Syncer {
                 Err(e)
             }
         }
+    }
+}
+
+/// Hands the memory a full sync used for its transient whole-ruleset copy and transaction back
+/// to the OS: glibc keeps freed memory in its arenas, which with 10,000 Services is ~50 MB of
+/// RSS that the steady state never uses again.
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim takes no pointers; it only returns free pages of glibc's own arenas.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
