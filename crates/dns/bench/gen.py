@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Generates the benchmark cluster: 10,000 ClusterIP Services (the names queried), plus 1,000 headless
 Services with 30 ready endpoints each (30,000 endpoints, for the memory figure); the same 10,000 names as a
-hosts file for dnsmasq; dnsperf query files for cluster names and for external names (ext-N.example)."""
+hosts file for dnsmasq, together with the external names it answers as the upstream; the cluster names
+alone as hosts-cluster for kresd's hints module (external names must go through kresd's forwarder);
+dnsperf query files for cluster names and for external names (ext-N.example)."""
 import json, sys, os
 
 out = sys.argv[1]
@@ -33,5 +35,6 @@ for j in range(1000):
                   "endpoints": eps})
 json.dump(items, open(f"{out}/objects.json", "w"))
 open(f"{out}/hosts", "w").write("\n".join(hosts) + "\n")
+open(f"{out}/hosts-cluster", "w").write("\n".join(h for h in hosts if h.endswith(".cluster.local")) + "\n")
 open(f"{out}/queries-cluster.txt", "w").write("\n".join(q_cluster) + "\n")
 open(f"{out}/queries-ext.txt", "w").write("\n".join(q_ext) + "\n")
