@@ -4,8 +4,11 @@
 # (dari-1, nginx-1, dari-2000, nginx-2000, dari-1, ...) because the 2-core machine is shared and
 # noisy; prints every round and then the median of each target.
 #
-# Fairness: nginx `worker_processes` = dari's worker threads = $WORKERS (default 2); both keep up to
-# 64 idle HTTP/1.1 connections per upstream; both set X-Forwarded-For/-Proto/-Host and X-Real-IP.
+# Fairness: nginx `worker_processes` = dari's worker threads = $WORKERS (default 2); both keep idle
+# HTTP/1.1 upstream connections (nginx `keepalive 64` per worker, dari up to 128 per endpoint per
+# worker: with 64 client connections neither limit is reached); both set X-Forwarded-For/-Proto/
+# -Host/-Port and X-Real-IP. dari serves plain HTTP on its HTTP/1.1 fast path (src/h1.rs), its
+# default.
 # Needs apt packages: wrk nginx.
 #
 # Usage: bash crates/ingress/bench/run.sh [ROUNDS=5] [DURATION=10s] [CONNS=64] [RULES=2000]

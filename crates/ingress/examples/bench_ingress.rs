@@ -54,7 +54,9 @@ fn main() -> anyhow::Result<()> {
     };
     rt.block_on(async move {
         let shared = Arc::new(ArcSwap::from_pointee(table));
-        let opts = ProxyOptions { http: vec![listen], https: vec![], workers, ..ProxyOptions::default() };
+        // BENCH_H1_FAST=0: hyper only (no HTTP/1.1 fast path), for comparison.
+        let h1_fast_path = env("BENCH_H1_FAST", 1) != 0;
+        let opts = ProxyOptions { http: vec![listen], https: vec![], workers, h1_fast_path, ..ProxyOptions::default() };
         let server = ProxyServer::bind(shared, &opts).await?;
         eprintln!("listening on {:?}", server.http_addrs());
         server.run().await;

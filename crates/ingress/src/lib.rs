@@ -7,13 +7,15 @@
 //!   it (see `tests/golden/*.txt`).
 //! - [`route`] (pure): `(&RouteTable, host, path) -> Option<RouteMatch>`.
 //! - [`annotations`]: the ingress-nginx annotations understood.
-//! - [`proxy`]: the hyper/rustls server reading a [`SharedTable`] swapped whole on each change.
+//! - [`proxy`]: the hyper/rustls server reading a [`SharedTable`] swapped whole on each change;
+//!   plain HTTP/1.1 takes the [`h1`] fast path (httparse, bytes relayed by framing).
 //! - [`controller`]: watchers, IngressClass creation, status, events; [`run`] / [`IngressArgs`].
 
 pub mod annotations;
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod h1;
 pub mod table;
 pub mod tls;
 pub mod pool;

@@ -4,13 +4,19 @@
 //!
 //! Each proxy worker thread has its own pool (see [`crate::proxy`]), so the lock around the idle
 //! lists is never contended; up to 128 idle connections are kept per endpoint (nginx `keepalive`).
+//!
+//! The HTTP/1.1 fast path ([`crate::h1`]) keeps its own idle lists of plain TCP connections
+//! (`Pool::take_raw` / `Pool::put_raw`): it speaks HTTP/1.1 on them itself, so no task
+//! drives them while idle; a connection the upstream closed meanwhile is noticed when taken
+//! (readiness without a syscall, then a non-blocking read only if the socket is readable), and
+//! a periodic sweep closes connections idle for over a minute or to endpoints no longer used.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -49,11 +55,24 @@ pub(crate) enum SendError {
 }
 
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// Idle fast-path upstream connections older than this are closed by the sweep (nginx
+/// upstream `keepalive_timeout`).
+const RAW_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Puts between sweeps of the fast-path idle lists.
+const SWEEP_EVERY: u32 = 1024;
+
+/// Idle fast-path connections by endpoint, with the time each went idle.
+#[derive(Default)]
+struct RawIdle {
+    by_ep: HashMap<SocketAddr, Vec<(TcpStream, Instant)>>,
+    puts: u32,
+}
 
 /// The upstream connection pool.
 pub(crate) struct Pool {
     idle: Mutex<HashMap<Key, Vec<http1::SendRequest<UpBody>>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<UpBody>>>,
+    raw: Mutex<RawIdle>,
     tls_h1: tokio_rustls::TlsConnector,
     tls_h2: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
@@ -74,13 +93,15 @@ impl Pool {
         Ok(Arc::new(Pool {
             idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
+            raw: Mutex::new(RawIdle::default()),
             tls_h1: mk(b"http/1.1")?,
             tls_h2: mk(b"h2")?,
             connect_timeout,
         }))
     }
 
-    async fn tcp(&self, ep: SocketAddr) -> Result<TcpStream, ConnectError> {
+    /// A new TCP connection to `ep` (no delay), within the connect timeout.
+    pub(crate) async fn tcp(&self, ep: SocketAddr) -> Result<TcpStream, ConnectError> {
         match tokio::time::timeout(self.connect_timeout, TcpStream::connect(ep)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
@@ -143,6 +164,39 @@ impl Pool {
             let v = idle.entry(key).or_default();
             if v.len() < MAX_IDLE_PER_ENDPOINT {
                 v.push(s);
+            }
+        }
+    }
+
+    /// An idle plain HTTP/1.1 connection to `ep` that still looks open, if any (the most
+    /// recently used first).
+    pub(crate) fn take_raw(&self, ep: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.raw.lock().ok()?;
+        let v = idle.by_ep.get_mut(&ep)?;
+        while let Some((s, _)) = v.pop() {
+            if looks_open(&s) {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Keeps an HTTP/1.1 connection whose last response ended cleanly for the next request.
+    /// Every [`SWEEP_EVERY`] puts, idle connections that are closed or older than
+    /// [`RAW_IDLE_TIMEOUT`] are dropped, and so are endpoints left without any (pods gone).
+    pub(crate) fn put_raw(&self, ep: SocketAddr, s: TcpStream) {
+        if let Ok(mut idle) = self.raw.lock() {
+            let now = Instant::now();
+            let v = idle.by_ep.entry(ep).or_default();
+            if v.len() < MAX_IDLE_PER_ENDPOINT {
+                v.push((s, now));
+            }
+            idle.puts = idle.puts.wrapping_add(1);
+            if idle.puts % SWEEP_EVERY == 0 {
+                idle.by_ep.retain(|_, v| {
+                    v.retain(|(s, t)| now.duration_since(*t) < RAW_IDLE_TIMEOUT && looks_open(s));
+                    !v.is_empty()
+                });
             }
         }
     }
@@ -230,6 +284,21 @@ impl Pool {
                 Ok(resp.map(|b| PooledBody::new(b, slot)))
             }
             Err(e) => Err(SendError::Connect(e, req)),
+        }
+    }
+}
+
+/// Whether an idle connection is still usable: nothing readable (an idle HTTP/1.1 upstream
+/// sends nothing; readable means closed, reset or garbage). Readiness is checked first, so the
+/// usual case costs no syscall.
+fn looks_open(s: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match s.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut b = [0u8; 1];
+            matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         }
     }
 }

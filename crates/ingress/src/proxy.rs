@@ -2,6 +2,15 @@
 //! TLS with SNI from the live [`RouteTable`](crate::RouteTable), and request forwarding straight
 //! to endpoint pod IPs.
 //!
+//! Two paths serve requests, with the same phases and answers:
+//! - plain-HTTP connections start on the HTTP/1.1 fast path, [`crate::h1`] (httparse, heads
+//!   written as bytes, bodies relayed by their framing over the worker's pooled upstream TCP
+//!   connections), unless [`ProxyOptions::h1_fast_path`] is off;
+//! - everything else runs on hyper, below: TLS connections, and any plain connection from the
+//!   request the fast path does not handle exactly (HTTP/2 prior knowledge, HTTP/1.0,
+//!   Upgrade/WebSocket, Expect, non-HTTP backends ...), which it hands over with the bytes it
+//!   already read.
+//!
 //! Per request (phases, pingora-style): route ([`crate::route_ref`]) → 404 if nothing matched →
 //! HTTPS redirect (308) → body-size check (413) → 503 if the backend has no endpoints → forward
 //! with X-Forwarded-For/-Proto/-Host/-Port and X-Real-IP to the next endpoint (round-robin),
@@ -59,6 +68,9 @@ pub struct ProxyOptions {
     /// own `SO_REUSEPORT` listener per address and its own upstream pool. Default: the number of
     /// CPUs (nginx `auto`). 0: serve on the caller's runtime, one listener per address.
     pub workers: usize,
+    /// Serve plain-HTTP connections with the HTTP/1.1 fast path ([`crate::h1`]), falling back
+    /// to hyper for what it does not handle. Default true; false: hyper for everything.
+    pub h1_fast_path: bool,
 }
 
 impl Default for ProxyOptions {
@@ -69,16 +81,19 @@ impl Default for ProxyOptions {
             trust_forwarded_headers: false,
             connect_timeout: Duration::from_secs(5),
             workers: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+            h1_fast_path: true,
         }
     }
 }
 
 /// What every connection of one worker shares.
-struct State {
-    table: SharedTable,
-    pool: Arc<Pool>,
-    trust_forwarded: bool,
+pub(crate) struct State {
+    pub(crate) table: SharedTable,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) trust_forwarded: bool,
     server: auto::Builder<TokioExecutor>,
+    /// Plain-HTTP connections start on the [`crate::h1`] fast path.
+    fast_h1: bool,
 }
 
 /// One listening socket and whether it terminates TLS.
@@ -99,6 +114,7 @@ pub struct ProxyServer {
     table: SharedTable,
     trust_forwarded: bool,
     connect_timeout: Duration,
+    fast_h1: bool,
 }
 
 /// `n` listening sockets on `addr` (port 0: the port the first one got). With more than one,
@@ -160,6 +176,7 @@ impl ProxyServer {
             table,
             trust_forwarded: opts.trust_forwarded_headers,
             connect_timeout: opts.connect_timeout,
+            fast_h1: opts.h1_fast_path,
         })
     }
 
@@ -182,6 +199,7 @@ impl ProxyServer {
             pool: Pool::new(self.connect_timeout)?,
             trust_forwarded: self.trust_forwarded,
             server,
+            fast_h1: self.fast_h1,
         }))
     }
 
@@ -282,6 +300,7 @@ async fn accept_loop(l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, sta
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
+                None if state.fast_h1 => crate::h1::serve(stream, peer, local, state).await,
                 None => serve(TokioIo::new(stream), peer, local, false, state).await,
                 Some(acc) => match acc.accept(stream).await {
                     Ok(s) => serve(TokioIo::new(s), peer, local, true, state).await,
@@ -303,7 +322,8 @@ struct Conn {
     local_port: HeaderValue,
 }
 
-async fn serve<I>(io: I, peer: SocketAddr, local: SocketAddr, https: bool, state: Arc<State>)
+/// Serves one connection with hyper (HTTP/1.1 and HTTP/2).
+pub(crate) async fn serve<I>(io: I, peer: SocketAddr, local: SocketAddr, https: bool, state: Arc<State>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

@@ -1,5 +1,6 @@
 //! Loopback tests of the proxy: real backends on 127.0.0.1:0, the proxy on 127.0.0.1:0, real
-//! HTTP/1.1, HTTP/2 and TLS clients.
+//! HTTP/1.1, HTTP/2 and TLS clients. Every behaviour test runs twice: plain HTTP on the
+//! HTTP/1.1 fast path (`<test>::fast`, the default) and on hyper only (`<test>::hyper`).
 
 mod common;
 
@@ -24,6 +25,45 @@ use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+thread_local! {
+    /// Whether the proxies this test thread starts use the HTTP/1.1 fast path.
+    static FAST: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+fn fast() -> bool {
+    FAST.with(|f| f.get())
+}
+
+/// `mod name { fast, hyper }`: the test `name` on both plain-HTTP paths.
+macro_rules! both_paths {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn fast() -> anyhow::Result<()> {
+                super::FAST.with(|f| f.set(true));
+                super::$name().await
+            }
+            #[tokio::test]
+            async fn hyper() -> anyhow::Result<()> {
+                super::FAST.with(|f| f.set(false));
+                super::$name().await
+            }
+        }
+    )*};
+}
+
+both_paths!(
+    routes_by_host_and_sets_forwarded_headers,
+    rewrite_target_with_captures,
+    spreads_retries_refused_and_503,
+    body_size_limit,
+    tls_sni_redirects_and_http2,
+    websocket_upgrade,
+    hot_reload_under_load_zero_failures,
+    workers_share_the_port_and_caller_runtime_mode,
+    streamed_bodies_and_closed_upstream_connections,
+);
 
 /// A test backend: answers `served-by NAME` plus what it received; upgrades websockets to an echo.
 struct Upstream {
@@ -141,6 +181,7 @@ async fn start(table: RouteTable) -> Result<(SharedTable, SocketAddr, SocketAddr
     let opts = ProxyOptions {
         http: vec!["127.0.0.1:0".parse()?],
         https: vec!["127.0.0.1:0".parse()?],
+        h1_fast_path: fast(),
         ..ProxyOptions::default()
     };
     let server = ProxyServer::bind(shared.clone(), &opts).await?;
@@ -185,7 +226,6 @@ fn field<'a>(body: &'a str, key: &str) -> &'a str {
     body.lines().find_map(|l| l.strip_prefix(&format!("{key} "))).unwrap_or("<missing>")
 }
 
-#[tokio::test]
 async fn routes_by_host_and_sets_forwarded_headers() -> Result<()> {
     let (u1, u2) = (upstream("nginx1").await?, upstream("nginx2").await?);
     let mut w = World::new();
@@ -210,7 +250,6 @@ async fn routes_by_host_and_sets_forwarded_headers() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
 async fn rewrite_target_with_captures() -> Result<()> {
     let u = upstream("rw").await?;
     let mut w = World::new();
@@ -233,7 +272,6 @@ async fn rewrite_target_with_captures() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
 async fn spreads_retries_refused_and_503() -> Result<()> {
     let (u1, u2) = (upstream("one").await?, upstream("two").await?);
     let dead = dead_addr().await?;
@@ -262,7 +300,6 @@ async fn spreads_retries_refused_and_503() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
 async fn body_size_limit() -> Result<()> {
     let u = upstream("b").await?;
     let mut w = World::new();
@@ -298,7 +335,6 @@ fn tls_client(root_pem: &[&str], alpn: &[&[u8]]) -> Result<tokio_rustls::TlsConn
     Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 
-#[tokio::test]
 async fn tls_sni_redirects_and_http2() -> Result<()> {
     let (ua, ub) = (upstream("a").await?, upstream("b").await?);
     let (crt_a, key_a) = self_signed(&["a.com"]);
@@ -369,7 +405,6 @@ async fn tls_sni_redirects_and_http2() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
 async fn websocket_upgrade() -> Result<()> {
     let u = upstream("ws").await?;
     let mut w = World::new();
@@ -402,7 +437,6 @@ async fn websocket_upgrade() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
 async fn hot_reload_under_load_zero_failures() -> Result<()> {
     let (ua, ub) = (upstream("A").await?, upstream("B").await?);
     let mk = |target: &str| {
@@ -465,7 +499,7 @@ async fn hot_reload_under_load_zero_failures() -> Result<()> {
 
 async fn start_with(table: RouteTable, workers: usize) -> Result<(ProxyServer, SocketAddr)> {
     let shared: SharedTable = Arc::new(ArcSwap::from_pointee(table));
-    let opts = ProxyOptions { http: vec!["127.0.0.1:0".parse()?], https: vec![], workers, ..ProxyOptions::default() };
+    let opts = ProxyOptions { http: vec!["127.0.0.1:0".parse()?], https: vec![], workers, h1_fast_path: fast(), ..ProxyOptions::default() };
     let server = ProxyServer::bind(shared, &opts).await?;
     let http = server.http_addrs()[0];
     Ok((server, http))
@@ -473,7 +507,6 @@ async fn start_with(table: RouteTable, workers: usize) -> Result<(ProxyServer, S
 
 /// Many connections to one port served by 4 worker threads (4 SO_REUSEPORT sockets), and by
 /// the caller's runtime (`workers: 0`): every request answered.
-#[tokio::test]
 async fn workers_share_the_port_and_caller_runtime_mode() -> Result<()> {
     let up = upstream("w").await?;
     let mut w = World::new();
@@ -507,7 +540,6 @@ async fn workers_share_the_port_and_caller_runtime_mode() -> Result<()> {
 /// Upstream connections are driven by the request that uses them: a streamed 2 MiB body comes
 /// through whole, again and again on reused connections, and a connection the upstream closes
 /// (`Connection: close`) is not reused.
-#[tokio::test]
 async fn streamed_bodies_and_closed_upstream_connections() -> Result<()> {
     let up = upstream("s").await?;
     let mut w = World::new();
