@@ -261,3 +261,39 @@ fn plan_remove_service_and_change_affinity() {
     assert!(err.contains("in use"), "{err}");
     assert_eq!(m, dari_proxy::model::Model::of(&before), "a refused transaction changes nothing");
 }
+
+#[test]
+fn state_reports_udp_endpoints_that_leave_the_dnat_maps() {
+    // A UDP Service on the fast path (no chain): its endpoints live in `service-dnat-udp-N`.
+    // ProxyState counts them per Service; one gone from every map is reported for conntrack.
+    use dari_proxy::ProxyState;
+    let svc = service("kube-system", "dns", "10.200.1.14", &[("dns", "UDP", 53, IntOrString::Int(5353))]);
+    let other = service("kube-system", "dns2", "10.200.1.15", &[("dns", "UDP", 53, IntOrString::Int(5353))]);
+    let third = service("kube-system", "dns3", "10.200.1.16", &[("dns", "UDP", 53, IntOrString::Int(5353))]);
+    let eps = |name: &str, addrs: &[&str]| {
+        let e: Vec<(&str, &str, Cond)> = addrs.iter().map(|a| (*a, "n", Cond::Ready)).collect();
+        slice("kube-system", name, "x", &[("dns", "UDP", 5353)], &e)
+    };
+    let mut st = ProxyState::new(node(), cfg());
+    st.upsert_service(&svc);
+    st.upsert_service(&other);
+    st.upsert_service(&third);
+    st.upsert_slice(&eps("dns", &["10.10.0.11", "10.10.0.12"]));
+    st.upsert_slice(&eps("dns2", &["10.10.0.12"]));
+    st.upsert_slice(&eps("dns3", &["10.10.0.21", "10.10.0.22"]));
+    let first = st.take_changes();
+    assert!(first.stale_udp_endpoints.is_empty());
+    let t = st.assembled();
+    let ip = t.table(dari_proxy::Family::Ip).unwrap();
+    assert!(ip.sets.contains_key("service-dnat-udp-2") && ip.sets.contains_key("service-dnat-udp-1"));
+    assert!(ip.chains.iter().all(|c| !c.name.starts_with("svc-")), "fast-path Services got chains");
+    // 10.10.0.12 leaves `dns` but `dns2` still uses it; 10.10.0.11 is gone from every map. Both
+    // maps stay in use (dns3, dns2): the transaction is map elements only.
+    st.upsert_slice(&eps("dns", &["10.10.0.13"]));
+    let changes = st.take_changes();
+    assert_eq!(changes.stale_udp_endpoints, vec![("10.10.0.11".parse().unwrap(), 5353)]);
+    let text = changes.tx.to_string();
+    assert!(text.contains("delete element ip dari service-dnat-udp-2"), "{text}");
+    assert!(text.contains("add element ip dari service-dnat-udp-1 { 10.200.1.14 . 53 . 0 : 10.10.0.13 . 5353 }"), "{text}");
+    assert!(!text.contains("chain"), "a DNAT-map change touched chains:\n{text}");
+}
