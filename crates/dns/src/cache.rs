@@ -4,6 +4,10 @@
 //! answer records, a negative one (NXDOMAIN, or NOERROR with no answer) for the SOA's negative TTL
 //! (min of its TTL and MINIMUM, RFC 2308); both are capped at the configured maximum. SERVFAIL and
 //! truncated answers are not kept. Served copies have their TTLs decreased by the time spent in the cache.
+//!
+//! Prefetch (CoreDNS `cache { prefetch }`, kresd's default): a hit in the last tenth of an entry's
+//! lifetime queues the key once ([`Cache::take_prefetch`]); the server refreshes it from upstream in
+//! the background, so a busy name never expires into a miss that waits for the upstream.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,6 +37,14 @@ impl CacheKey {
         }
     }
 
+    /// The question this key stands for, and its DO bit.
+    pub fn question(&self) -> Option<(Query, bool)> {
+        let name = hickory_proto::rr::Name::from_ascii(&*self.name).ok()?;
+        let mut q = Query::query(name, self.rtype);
+        q.set_query_class(self.class);
+        Some((q, self.dnssec_ok))
+    }
+
     /// The key of a question.
     pub fn new(q: &Query, dnssec_ok: bool) -> Self {
         CacheKey {
@@ -51,6 +63,8 @@ struct Entry {
     wire: Box<[u8]>,
     stored: Instant,
     ttl: Duration,
+    /// A refresh was queued for it (a fresh `put` replaces the entry and clears this).
+    prefetch_queued: bool,
 }
 
 /// The cache. `max_ttl` of zero or `capacity` of zero turn it off.
@@ -59,7 +73,13 @@ pub struct Cache {
     map: Mutex<HashMap<CacheKey, Entry>>,
     capacity: usize,
     max_ttl: u32,
+    /// Keys to refresh (see the module docs); `pending` says whether any are queued without a lock.
+    prefetch: Mutex<Vec<CacheKey>>,
+    pending: std::sync::atomic::AtomicBool,
 }
+
+/// Entries shorter-lived than this are not prefetched (the refresh would cost more than a miss).
+const PREFETCH_MIN_TTL: Duration = Duration::from_secs(10);
 
 /// How long `msg` may be cached, in seconds (0: not at all).
 pub fn cache_ttl(msg: &Message, max_ttl: u32) -> u32 {
@@ -122,6 +142,8 @@ impl Cache {
             map: Mutex::new(HashMap::new()),
             capacity,
             max_ttl,
+            prefetch: Mutex::new(Vec::new()),
+            pending: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -129,15 +151,37 @@ impl Cache {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queues `key` for a refresh when `entry` is in the last tenth of its lifetime (once).
+    fn maybe_prefetch(&self, key: &CacheKey, entry: &mut Entry, age: Duration) {
+        if entry.prefetch_queued || entry.ttl < PREFETCH_MIN_TTL || (entry.ttl - age) * 10 > entry.ttl {
+            return;
+        }
+        entry.prefetch_queued = true;
+        self.prefetch.lock().unwrap_or_else(|e| e.into_inner()).push(key.clone());
+        self.pending.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether keys are queued for a refresh (cheap: no lock).
+    pub fn has_prefetch(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The keys to refresh from upstream now (each hit entry once, near its expiry).
+    pub fn take_prefetch(&self) -> Vec<CacheKey> {
+        self.pending.store(false, std::sync::atomic::Ordering::Release);
+        std::mem::take(&mut *self.prefetch.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The cached upstream response for `key` at `now`, TTLs decreased by its age.
     pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Message> {
         let mut map = self.lock();
-        let entry = map.get(key)?;
+        let entry = map.get_mut(key)?;
         let age = now.saturating_duration_since(entry.stored);
         if age >= entry.ttl {
             map.remove(key);
             return None;
         }
+        self.maybe_prefetch(key, entry, age);
         let age_secs = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
         let Ok(mut msg) = Message::from_vec(&entry.wire) else {
             map.remove(key);
@@ -154,12 +198,13 @@ impl Cache {
     pub fn get_wire(&self, key: &CacheKey, now: Instant, out: &mut Vec<u8>) -> Option<()> {
         let start = out.len();
         {
-            let map = self.lock();
-            let entry = map.get(key)?;
+            let mut map = self.lock();
+            let entry = map.get_mut(key)?;
             let age = now.saturating_duration_since(entry.stored);
             if age >= entry.ttl {
                 return None;
             }
+            self.maybe_prefetch(key, entry, age);
             out.extend_from_slice(&entry.wire);
             let age_secs = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
             if age_secs == 0 {
@@ -207,6 +252,7 @@ impl Cache {
                 wire: wire.into_boxed_slice(),
                 stored: now,
                 ttl: Duration::from_secs(u64::from(ttl)),
+                prefetch_queued: false,
             },
         );
         true
@@ -271,6 +317,36 @@ mod tests {
         let mut fail = positive(300);
         fail.metadata.response_code = ResponseCode::ServFail;
         assert_eq!(cache_ttl(&fail, 30), 0);
+    }
+
+    #[test]
+    fn prefetch_queues_a_hit_near_expiry_once() {
+        let c = Cache::new(10, 300);
+        let t0 = Instant::now();
+        assert!(c.put(key("a.example."), &positive(100), t0));
+        let mut out = Vec::new();
+        // early in its life: no refresh
+        assert!(c.get_wire(&key("a.example."), t0 + Duration::from_secs(50), &mut out).is_some());
+        assert!(!c.has_prefetch());
+        // in the last tenth: queued once, however often it is hit
+        assert!(c.get_wire(&key("a.example."), t0 + Duration::from_secs(91), &mut out).is_some());
+        assert!(c.get(&key("a.example."), t0 + Duration::from_secs(92)).is_some());
+        assert!(c.has_prefetch());
+        let keys = c.take_prefetch();
+        assert_eq!(keys, vec![key("a.example.")]);
+        assert!(!c.has_prefetch());
+        let (q, dnssec_ok) = keys[0].question().unwrap();
+        assert_eq!((q.name().to_ascii().as_str(), q.query_type(), dnssec_ok), ("a.example.", RecordType::A, false));
+        assert!(c.get(&key("a.example."), t0 + Duration::from_secs(95)).is_some());
+        assert!(!c.has_prefetch(), "queued twice");
+        // refreshed: a new lifetime, and it may be queued again near its end
+        assert!(c.put(key("a.example."), &positive(100), t0 + Duration::from_secs(96)));
+        assert!(c.get(&key("a.example."), t0 + Duration::from_secs(190)).is_some());
+        assert_eq!(c.take_prefetch().len(), 1);
+        // short-lived entries are left to expire
+        assert!(c.put(key("b.example."), &positive(5), t0));
+        assert!(c.get(&key("b.example."), t0 + Duration::from_millis(4800)).is_some());
+        assert!(!c.has_prefetch());
     }
 
     #[test]

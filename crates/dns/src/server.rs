@@ -219,6 +219,38 @@ impl DnsState {
         self.finish(encode(&resp, limit(&query, transport, &cfg)), start)
     }
 
+    /// Starts a background refresh of every key the cache queued for prefetch (see
+    /// [`crate::cache`]): each is resolved upstream and stored again, answering no client.
+    pub fn spawn_prefetches(self: &Arc<Self>) {
+        let cache = read(&self.cache);
+        if !cache.has_prefetch() {
+            return;
+        }
+        for key in cache.take_prefetch() {
+            let (state, cache) = (self.clone(), cache.clone());
+            tokio::spawn(
+                async move {
+                    let Some((q, dnssec_ok)) = key.question() else { return };
+                    let mut query = Message::new(0, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
+                    query.queries.push(q);
+                    if dnssec_ok {
+                        let mut edns = hickory_proto::op::Edns::new();
+                        edns.set_dnssec_ok(true);
+                        query.edns = Some(edns);
+                    }
+                    match state.forwarder.resolve(&query, &state.metrics).await {
+                        Ok(mut up) => {
+                            cache.cap_ttls(&mut up);
+                            cache.put(key, &up, Instant::now());
+                        }
+                        Err(e) => debug!(error = %e, "prefetch failed"),
+                    }
+                }
+                .instrument(debug_span!("dns_prefetch")),
+            );
+        }
+    }
+
     /// Handles one packet completely (forwarding included): the bytes to send back, if any.
     pub async fn handle(&self, buf: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let start = Instant::now();
@@ -317,6 +349,9 @@ async fn udp_worker(sock: Arc<UdpSocket>, state: Arc<DnsState>, addr: SocketAddr
         });
         let Some(step) = step else {
             let _ = sock.send_to(&out, peer).await;
+            if snap.cache.has_prefetch() {
+                state.spawn_prefetches();
+            }
             continue;
         };
         match step {
@@ -336,6 +371,9 @@ async fn udp_worker(sock: Arc<UdpSocket>, state: Arc<DnsState>, addr: SocketAddr
                     .instrument(span),
                 );
             }
+        }
+        if snap.cache.has_prefetch() {
+            state.spawn_prefetches();
         }
     }
 }
@@ -366,7 +404,9 @@ async fn tcp_conn(mut stream: TcpStream, state: Arc<DnsState>) {
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let Some(reply) = state.handle(&buf, Transport::Tcp).await else {
+        let reply = state.handle(&buf, Transport::Tcp).await;
+        state.spawn_prefetches();
+        let Some(reply) = reply else {
             // a packet too broken to answer: close, as servers do
             return;
         };
