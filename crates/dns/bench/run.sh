@@ -4,7 +4,10 @@
 # One dari process holds the whole cluster (10,000 ClusterIP + 1,000 headless Services, 30,000
 # endpoints) and forwards, as in a cluster. Roles of the peers:
 #   dnsmasq  answers the cluster names and the external names from one hosts file (it is also the
-#            upstream of dari and kresd); its "ext" figure is answers from its own cache/hosts table.
+#            upstream of dari and kresd); its "ext" figure is answers from its own hosts table, shown
+#            for reference only: it is not forwarding.
+#   dnsmasq-fwd  a second dnsmasq that forwards everything to that upstream through its cache (the
+#            same job as dari's cached forwarding), warmed with one pass like dari's.
 #   kresd    answers the cluster names from its hints module (hosts-cluster: cluster names only) and
 #            forwards everything else to the dnsmasq upstream through its cache (policy.FORWARD), i.e.
 #            the same job as dari; its cache is warmed with one pass like dari's. Checked before
@@ -39,11 +42,15 @@ if [ -z "$SERVE" ]; then
   SERVE=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/serve
 fi
 
-DARI=127.0.0.1:53531; MASQ=127.0.0.1:53533; KRES=127.0.0.1:53535
+DARI=127.0.0.1:53531; MASQ=127.0.0.1:53533; KRES=127.0.0.1:53535; MFWD=127.0.0.1:53537
 taskset -c 0 dnsmasq --keep-in-foreground --port=53533 --listen-address=127.0.0.1 --bind-interfaces \
   --no-resolv --no-hosts --addn-hosts="$W/hosts" --local-ttl=300 --cache-size=10000 --user=root \
   --pid-file="$W/dnsmasq.pid" --log-facility=- --quiet-dhcp 2>"$W/dnsmasq.log" &
 PIDS+=($!); MASQ_PID=$!
+taskset -c 0 dnsmasq --keep-in-foreground --port=53537 --listen-address=127.0.0.1 --bind-interfaces \
+  --no-resolv --no-hosts --server=127.0.0.1#53533 --cache-size=10000 --user=root \
+  --pid-file="$W/dnsmasq-fwd.pid" --log-facility=- --quiet-dhcp 2>"$W/dnsmasq-fwd.log" &
+PIDS+=($!); MFWD_PID=$!
 taskset -c 0 "$SERVE" "$W/objects.json" "$DARI" 127.0.0.1:0 "$MASQ" >"$W/dari.log" 2>&1 &
 PIDS+=($!); DARI_PID=$!
 # kresd 5.x: one process. Modules that send queries of their own (root priming, time-skew checks,
@@ -95,8 +102,9 @@ wait_for $MASQ svc-1.bench.svc.cluster.local
 wait_for $KRES svc-1.bench.svc.cluster.local
 wait_for $DARI ext-1.example
 wait_for $KRES ext-1.example
+wait_for $MFWD ext-1.example
 # each server must give the hosts file's answers (a cluster name and an external name)
-for a in $DARI $MASQ $KRES; do
+for a in $DARI $MASQ $KRES $MFWD; do
   for n in svc-9999.bench.svc.cluster.local=10.96.39.250 ext-9999.example=192.0.39.250; do
     got=$(dig @"${a%:*}" -p "${a#*:}" +short +time=2 +tries=1 "${n%=*}" A 2>&1 || true)
     [ "$got" = "${n#*=}" ] || { echo "server $a answered '$got' for ${n%=*}, want ${n#*=}" >&2; exit 1; }
@@ -124,6 +132,8 @@ median() { sort -g | awk '{v[NR]=$1} END{print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v
 # warm dari's forwarding cache with one pass over the external names (all 10,000 fit: cache size 10,000)
 taskset -c 1 dnsperf -s 127.0.0.1 -p 53531 -d "$W/queries-ext.txt" -n 1 -c 8 -q 100 >/dev/null 2>&1
 RSS_WARM=$(rss $DARI_PID)
+# the same for the forwarding dnsmasq
+taskset -c 1 dnsperf -s 127.0.0.1 -p "${MFWD#*:}" -d "$W/queries-ext.txt" -n 1 -c 8 -q 100 >/dev/null 2>&1
 # the same for kresd, then check that a full pass over the cluster names sends nothing upstream (hints answer)
 KRES_RSS_START=$(rss $KRES_PID)
 taskset -c 1 dnsperf -s 127.0.0.1 -p "${KRES#*:}" -d "$W/queries-ext.txt" -n 1 -c 8 -q 100 >/dev/null 2>&1
@@ -142,7 +152,8 @@ declare -A Q
 for r in $(seq 1 "$ROUNDS"); do
   for spec in "dari-cluster $DARI queries-cluster.txt" "dnsmasq-cluster $MASQ queries-cluster.txt" \
               "kresd-cluster $KRES queries-cluster.txt" "dari-cached-forward $DARI queries-ext.txt" \
-              "dnsmasq-ext $MASQ queries-ext.txt" "kresd-cached-forward $KRES queries-ext.txt"; do
+              "dnsmasq-ext $MASQ queries-ext.txt" "dnsmasq-cached-forward $MFWD queries-ext.txt" \
+              "kresd-cached-forward $KRES queries-ext.txt"; do
     set -- $spec
     res=$(perf "$2" "$W/$3")
     printf "%-5s %-32s %12.0f %10s %6s %10s\n" "$r" "$1" $res
@@ -150,12 +161,13 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 echo "== medians (QPS on one core)"
-for k in dari-cluster dnsmasq-cluster kresd-cluster dari-cached-forward dnsmasq-ext kresd-cached-forward; do
+for k in dari-cluster dnsmasq-cluster kresd-cluster dari-cached-forward dnsmasq-ext dnsmasq-cached-forward kresd-cached-forward; do
   printf "%-22s %10.0f  (runs:%s)\n" "$k" "$(tr ' ' '\n' <<<"${Q[$k]}" | grep . | median)" "${Q[$k]}"
 done
 m() { tr ' ' '\n' <<<"${Q[$1]}" | grep . | median; }
 echo "ratio dari/dnsmasq, cluster names (median): $(python3 -c "print(round($(m dari-cluster)/$(m dnsmasq-cluster), 2))")"
-echo "ratio dari cached forwarding/dnsmasq (median): $(python3 -c "print(round($(m dari-cached-forward)/$(m dnsmasq-ext), 2))")"
+echo "ratio dari cached forwarding/dnsmasq cached forwarding (median): $(python3 -c "print(round($(m dari-cached-forward)/$(m dnsmasq-cached-forward), 2))")"
+echo "ratio dari cached forwarding/dnsmasq answering from its hosts table (median, reference): $(python3 -c "print(round($(m dari-cached-forward)/$(m dnsmasq-ext), 2))")"
 echo "ratio dari/kresd, cluster names (median): $(python3 -c "print(round($(m dari-cluster)/$(m kresd-cluster), 2))")"
 echo "ratio dari cached forwarding/kresd cached forwarding (median): $(python3 -c "print(round($(m dari-cached-forward)/$(m kresd-cached-forward), 2))")"
 best() { # dari-key peer-key... : prints "best-peer its-median dari/it"
@@ -165,7 +177,7 @@ k, v = max(peers, key=lambda p: p[1]); print(k, round(v), round(d / v, 2))" "$(m
     "$2" "$(m "$2")" "$3" "$(m "$3")"
 }
 read -r BC BCM BCR <<<"$(best dari-cluster dnsmasq-cluster kresd-cluster)"
-read -r BE BEM BER <<<"$(best dari-cached-forward dnsmasq-ext kresd-cached-forward)"
+read -r BE BEM BER <<<"$(best dari-cached-forward dnsmasq-cached-forward kresd-cached-forward)"
 echo "faster peer, cluster names: $BC (median $BCM); ratio dari/best peer: $BCR"
 echo "faster peer, external names: $BE (median $BEM); ratio dari cached forwarding/best peer: $BER"
 echo "CoreDNS anchor: 33.7k QPS on 2 vCPU = 16.9k per core; dari cluster names per core / that: $(python3 -c "print(round($(m dari-cluster)/16850, 2))")"
@@ -173,14 +185,15 @@ echo "CoreDNS anchor: 33.7k QPS on 2 vCPU = 16.9k per core; dari cluster names p
 echo "== latency at a fixed $LQPS QPS, 3 s each (p50 p90 p99 p99.9 max, microseconds)"
 for spec in "dari-cluster $DARI queries-cluster.txt" "dnsmasq-cluster $MASQ queries-cluster.txt" \
             "kresd-cluster $KRES queries-cluster.txt" "dari-cached-forward $DARI queries-ext.txt" \
-            "dnsmasq-ext $MASQ queries-ext.txt" "kresd-cached-forward $KRES queries-ext.txt"; do
+            "dnsmasq-ext $MASQ queries-ext.txt" "dnsmasq-cached-forward $MFWD queries-ext.txt" \
+            "kresd-cached-forward $KRES queries-ext.txt"; do
   set -- $spec
   printf "%-22s %s\n" "$1" "$(lat "$2" "$W/$3")"
 done
 
 RSS_END=$(rss $DARI_PID)
 echo "== RSS KiB: dari with 10,000 ClusterIP + 1,000 headless Services and 30,000 endpoints: $RSS_START before" \
-  "any query, $RSS_WARM with the forwarding cache full (10,000 entries), $RSS_END at the end; dnsmasq $(rss $MASQ_PID)"
+  "any query, $RSS_WARM with the forwarding cache full (10,000 entries), $RSS_END at the end; dnsmasq $(rss $MASQ_PID), forwarding dnsmasq $(rss $MFWD_PID)"
 echo "== RSS KiB: kresd with 10,000 hints (counts the lmdb cache pages it has mapped): $KRES_RSS_START before any query," \
   "$KRES_RSS_WARM with the cache warm (10,000 external names), $(rss $KRES_PID) at the end"
 read -r KQ2 KU2 <<<"$(kstat)"

@@ -67,10 +67,17 @@ struct Entry {
     prefetch_queued: bool,
 }
 
+/// Lock shards: the server's threads look entries up concurrently, and a thread descheduled while
+/// holding the only lock stalls every other one for a time slice (milliseconds of tail latency).
+const SHARDS: usize = 16;
+
 /// The cache. `max_ttl` of zero or `capacity` of zero turn it off.
 #[derive(Debug)]
 pub struct Cache {
-    map: Mutex<HashMap<CacheKey, Entry>>,
+    /// Entries, spread over [`SHARDS`] locks by a hash of the key.
+    shards: Box<[Mutex<HashMap<CacheKey, Entry>>]>,
+    /// Entries over all shards (kept under the shard locks; the bound is on this total).
+    count: std::sync::atomic::AtomicUsize,
     capacity: usize,
     max_ttl: u32,
     /// Keys to refresh (see the module docs); `pending` says whether any are queued without a lock.
@@ -139,7 +146,8 @@ impl Cache {
     /// A cache holding at most `capacity` entries for at most `max_ttl` seconds each.
     pub fn new(capacity: usize, max_ttl: u32) -> Self {
         Cache {
-            map: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            count: std::sync::atomic::AtomicUsize::new(0),
             capacity,
             max_ttl,
             prefetch: Mutex::new(Vec::new()),
@@ -147,8 +155,19 @@ impl Cache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Entry>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    /// The shard holding `key` (FNV-1a over the name and type: cheap, and names are not chosen
+    /// by an attacker who could also see the distribution).
+    fn lock(&self, key: &CacheKey) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Entry>> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.name.bytes().chain(u16::from(key.rtype).to_be_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let i = usize::try_from(h % SHARDS as u64).unwrap_or(0);
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn removed(&self, n: usize) {
+        self.count.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Queues `key` for a refresh when `entry` is in the last tenth of its lifetime (once).
@@ -174,17 +193,19 @@ impl Cache {
 
     /// The cached upstream response for `key` at `now`, TTLs decreased by its age.
     pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Message> {
-        let mut map = self.lock();
+        let mut map = self.lock(key);
         let entry = map.get_mut(key)?;
         let age = now.saturating_duration_since(entry.stored);
         if age >= entry.ttl {
             map.remove(key);
+            self.removed(1);
             return None;
         }
         self.maybe_prefetch(key, entry, age);
         let age_secs = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
         let Ok(mut msg) = Message::from_vec(&entry.wire) else {
             map.remove(key);
+            self.removed(1);
             return None;
         };
         for r in msg.answers.iter_mut().chain(msg.authorities.iter_mut()).chain(msg.additionals.iter_mut()) {
@@ -198,7 +219,7 @@ impl Cache {
     pub fn get_wire(&self, key: &CacheKey, now: Instant, out: &mut Vec<u8>) -> Option<()> {
         let start = out.len();
         {
-            let mut map = self.lock();
+            let mut map = self.lock(key);
             let entry = map.get_mut(key)?;
             let age = now.saturating_duration_since(entry.stored);
             if age >= entry.ttl {
@@ -234,27 +255,41 @@ impl Cache {
         let Ok(wire) = stored.to_vec() else {
             return false;
         };
-        let mut map = self.lock();
-        if map.len() >= self.capacity && !map.contains_key(&key) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut map = self.lock(&key);
+        if self.count.load(Relaxed) >= self.capacity && !map.contains_key(&key) {
+            // full: sweep this shard's expired entries, then drop an eighth of it (arbitrary
+            // ones) so that the sweep stays rare
+            let before = map.len();
             map.retain(|_, e| now.saturating_duration_since(e.stored) < e.ttl);
-            if map.len() >= self.capacity {
-                // still full of live entries: drop an eighth (arbitrary ones) so this sweep stays rare
-                let drop_n = (self.capacity / 8).max(1);
+            self.removed(before - map.len());
+            if self.count.load(Relaxed) >= self.capacity {
+                let drop_n = (map.len() / 8).max(1).min(map.len());
                 let victims: Vec<CacheKey> = map.keys().take(drop_n).cloned().collect();
                 for k in victims {
                     map.remove(&k);
                 }
+                self.removed(drop_n);
+                if self.count.load(Relaxed) >= self.capacity {
+                    // nothing to drop here: the other shards hold the cache
+                    return false;
+                }
             }
         }
-        map.insert(
-            key,
-            Entry {
-                wire: wire.into_boxed_slice(),
-                stored: now,
-                ttl: Duration::from_secs(u64::from(ttl)),
-                prefetch_queued: false,
-            },
-        );
+        let fresh = map
+            .insert(
+                key,
+                Entry {
+                    wire: wire.into_boxed_slice(),
+                    stored: now,
+                    ttl: Duration::from_secs(u64::from(ttl)),
+                    prefetch_queued: false,
+                },
+            )
+            .is_none();
+        if fresh {
+            self.count.fetch_add(1, Relaxed);
+        }
         true
     }
 
@@ -270,7 +305,7 @@ impl Cache {
 
     /// Number of entries (live or not yet swept).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the cache holds nothing.

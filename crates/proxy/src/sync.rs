@@ -128,7 +128,7 @@ impl Syncer {
             for t in &desired.tables {
                 existing.insert(t.family, self.applier.list_objects(t.family, &t.name)?);
             }
-            (SyncKind::Full, desired.full_sync(&existing))
+            (SyncKind::Full, desired.into_full_sync(&existing))
         } else if changes.tx.is_empty() {
             return Ok(SyncOutcome {
                 kind: SyncKind::Unchanged,
