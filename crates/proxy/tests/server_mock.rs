@@ -119,11 +119,14 @@ async fn full_then_incremental_sync_from_watch_events() {
     let first = wait_for(1).await;
     let full = &first[0];
     assert!(full.contains("add table ip dari"), "first sync is not full:\n{full}");
+    // The listed Service (no affinity): its one endpoint in the shared DNAT map, marked for
+    // masquerade from outside the cluster CIDR.
     assert!(
-        full.contains("10.200.1.10 . tcp . 9000 : goto svc-default/svc-clusterip/tcp/svc-webport"),
+        full.contains("add element ip dari service-dnat-tcp-1 { 10.200.1.10 . 9000 . 0 : 10.10.1.2 . 80 }"),
         "listed Service missing:\n{full}"
     );
-    assert!(full.contains("meta l4proto tcp dnat to 10.10.1.2:80"), "endpoint missing");
+    assert!(full.contains("add rule ip dari service-dnat-tcp-1 dnat ip to ip daddr . tcp dport . numgen random mod 1 map @service-dnat-tcp-1"), "DNAT rule missing");
+    assert!(full.contains("add element ip dari masq-service-ips { 10.200.1.10 . tcp . 9000 }"), "masquerade mark missing");
     assert!(full.contains("add element ip dari nodeport-ips { 172.18.0.2 }"), "node address missing");
     assert!(seen_node_selector.lock().unwrap().contains("fieldSelector=metadata.name%3Dnode1"), "node watch not scoped");
 
