@@ -49,18 +49,7 @@ async fn hyper_upstream() -> Result<Up> {
                     h.fetch_add(1, Ordering::Relaxed);
                     async move {
                         if req.headers().contains_key("upgrade") {
-                            let on = hyper::upgrade::on(&mut req);
-                            tokio::spawn(async move {
-                                if let Ok(up) = on.await {
-                                    let mut io = TokioIo::new(up);
-                                    let mut buf = [0u8; 1024];
-                                    while let Ok(n) = io.read(&mut buf).await {
-                                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                                            break;
-                                        }
-                                    }
-                                }
-                            });
+                            spawn_upgrade_echo(hyper::upgrade::on(&mut req));
                             let r = Response::builder()
                                 .status(StatusCode::SWITCHING_PROTOCOLS)
                                 .header("connection", "upgrade")

@@ -84,18 +84,7 @@ async fn upstream(name: &'static str) -> Result<Upstream> {
                     h.fetch_add(1, Ordering::Relaxed);
                     async move {
                         if req.headers().get("upgrade").is_some() {
-                            let on = hyper::upgrade::on(&mut req);
-                            tokio::spawn(async move {
-                                if let Ok(up) = on.await {
-                                    let mut io = TokioIo::new(up);
-                                    let mut buf = [0u8; 1024];
-                                    while let Ok(n) = io.read(&mut buf).await {
-                                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                                            break;
-                                        }
-                                    }
-                                }
-                            });
+                            spawn_upgrade_echo(hyper::upgrade::on(&mut req));
                             let r = Response::builder()
                                 .status(StatusCode::SWITCHING_PROTOCOLS)
                                 .header("connection", "upgrade")

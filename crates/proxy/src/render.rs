@@ -457,6 +457,19 @@ impl<'a> TableRenderer<'a> {
         format!("meta mark set meta mark or {:#x}", self.cfg.masquerade_mark)
     }
 
+    /// The rule marking traffic to `dst` (a match) for masquerade: all of it with
+    /// `masquerade_all`, else what comes from outside the cluster CIDRs (none known: no rule).
+    fn cluster_mark(&self, dst: &str) -> Option<String> {
+        let cidrs = self.cidrs_of_family(&self.cfg.cluster_cidrs);
+        if self.cfg.masquerade_all {
+            Some(format!("{dst} {}", self.mark()))
+        } else if !cidrs.is_empty() {
+            Some(format!("{dst} {} saddr != {} {}", self.ip(), set_literal(&cidrs), self.mark()))
+        } else {
+            None
+        }
+    }
+
     fn ip(&self) -> &'static str {
         self.family.keyword()
     }
@@ -601,14 +614,8 @@ impl<'a> TableRenderer<'a> {
         };
         let mut chains = Vec::new();
         if cluster_used {
-            let mut rules = Vec::new();
-            let cidrs = self.cidrs_of_family(&self.cfg.cluster_cidrs);
-            let dst = format!("{ip} daddr {cluster_ip} {proto} dport {svc_port}");
-            if self.cfg.masquerade_all {
-                rules.push(format!("{dst} {}", self.mark()));
-            } else if !cidrs.is_empty() {
-                rules.push(format!("{dst} {ip} saddr != {} {}", set_literal(&cidrs), self.mark()));
-            }
+            let mut rules: Vec<String> =
+                self.cluster_mark(&format!("{ip} daddr {cluster_ip} {proto} dport {svc_port}")).into_iter().collect();
             rules.extend(self.balance(id, proto, all, affinity));
             chains.push(Chain::new(cluster_chain.clone(), rules));
         }
@@ -711,14 +718,8 @@ impl<'a> TableRenderer<'a> {
     /// DNAT rules in between).
     fn services_rules(&self) -> Vec<String> {
         let ip = self.ip();
-        let mut rules = Vec::new();
-        let cidrs = self.cidrs_of_family(&self.cfg.cluster_cidrs);
-        let dst = format!("{ip} daddr . meta l4proto . th dport @masq-service-ips");
-        if self.cfg.masquerade_all {
-            rules.push(format!("{dst} {}", self.mark()));
-        } else if !cidrs.is_empty() {
-            rules.push(format!("{dst} {ip} saddr != {} {}", set_literal(&cidrs), self.mark()));
-        }
+        let mut rules: Vec<String> =
+            self.cluster_mark(&format!("{ip} daddr . meta l4proto . th dport @masq-service-ips")).into_iter().collect();
         rules.push(format!("{ip} daddr @nodeport-ips meta l4proto . th dport @masq-nodeports {}", self.mark()));
         rules.push(format!("{ip} daddr . meta l4proto . th dport vmap @service-ips"));
         rules.push(format!("{ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"));

@@ -96,3 +96,19 @@ pub fn slices_for(name: &str, addrs: &[std::net::SocketAddr]) -> Vec<EndpointSli
         })
         .collect()
 }
+
+/// Echoes every byte of an upgraded (WebSocket) upstream connection until it closes.
+pub fn spawn_upgrade_echo(on: hyper::upgrade::OnUpgrade) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let mut io = hyper_util::rt::TokioIo::new(up);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
