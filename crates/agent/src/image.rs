@@ -963,7 +963,8 @@ impl ImportClient {
 
     /// CRI learns images from containerd's image events, asynchronously: wait until its
     /// ImageStatus knows `name` (pointing at this import), so a pod started right after the
-    /// import does not find the image missing. A containerd without CRI answers Unimplemented.
+    /// import does not find the image missing. A containerd without CRI answers Unimplemented; one
+    /// whose CRI plugin is still starting answers "server is not initialized yet" (retried).
     async fn wait_cri(&mut self, name: &str, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut interval = tokio::time::interval(Duration::from_millis(10));
@@ -974,6 +975,9 @@ impl ImportClient {
                 Ok(resp) if resp.get_ref().image.is_some() => return Ok(()),
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(()),
+                // containerd's CRI plugin answers this until it has finished starting (just after
+                // the socket appears): it will learn the image then.
+                Err(s) if s.message().contains("server is not initialized yet") => {}
                 Err(s) => return Err(AgentError::cri("ImageStatus", name)(s)),
             }
             if tokio::time::Instant::now() >= deadline {

@@ -223,4 +223,24 @@ fn seed003_clusterip_across_four_nodes() {
     assert!(!left.lines().any(|l| l.starts_with(PREFIX)), "namespaces left after down:\n{left}");
     // ... and the host is as it was: links, routes, namespaces, mounts, processes, nftables
     assert_eq!(host_state(lab.dir.path()), before, "lab down must leave the host exactly as before");
+
+    // up again on the same directory (a node restart): the pods come back — their old sandboxes
+    // are gone with the namespaces, and containerd still reserves their names — and serve again
+    let started = Instant::now();
+    ok(Command::new(dari())
+        .args(["lab", "up", "--nodes", NODES, "--prefix", PREFIX, "--subnet", "172.31.77.0/24", "--api-listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--dir")
+        .arg(lab.dir.path()));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let o = run(&mut lab.kubectl(&["exec", "net-pod", "--", "curl", "-s", "--max-time", "2", &format!("{svc}:9000")]));
+        if String::from_utf8_lossy(&o.stdout).contains("Hostname: webpod") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after a restart the Service never answered again: {o:?}\n{}",
+            String::from_utf8_lossy(&run(&mut lab.kubectl(&["get", "pod", "-o", "wide"])).stdout));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("restarted lab serving the ClusterIP again after {:.1}s", started.elapsed().as_secs_f64());
 }

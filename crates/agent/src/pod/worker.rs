@@ -145,7 +145,15 @@ impl PodWorker {
             quick = match self.sync().await {
                 Ok(progress) => progress,
                 Err(e) => {
-                    tracing::warn!(pod = %self.key, error = %e, "pod sync failed");
+                    // with its causes: "CRI RunPodSandbox for default/web" alone says nothing
+                    let mut text = e.to_string();
+                    let mut cause = std::error::Error::source(&e);
+                    while let Some(c) = cause {
+                        text.push_str(": ");
+                        text.push_str(&c.to_string());
+                        cause = c.source();
+                    }
+                    tracing::warn!(pod = %self.key, error = %text, "pod sync failed");
                     false
                 }
             };
@@ -164,12 +172,30 @@ impl PodWorker {
     }
 
     /// Finds a ready sandbox of this pod left by a previous agent run and its containers.
+    ///
+    /// Sandboxes of this pod that are no longer ready (the node restarted: their network namespace
+    /// is gone) are stopped and removed, and the next sandbox takes the attempt after the last
+    /// one, as the kubelet does: containerd keeps their names reserved otherwise ("name ... is
+    /// reserved for ..."), and the pod would never start again.
     async fn adopt(&mut self) -> Result<()> {
         let uid = self.uid();
         let mut sandboxes = self.sh.cri.list_pod_sandboxes().await?;
         sandboxes.retain(|s| s.labels.get(translate::labels::POD_UID) == Some(&uid));
         sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        let Some(sb) = sandboxes.into_iter().find(|s| s.state == v1::PodSandboxState::SandboxReady as i32) else { return Ok(()) };
+        let ready = sandboxes.iter().position(|s| s.state == v1::PodSandboxState::SandboxReady as i32);
+        let Some(sb) = ready.map(|i| sandboxes.swap_remove(i)) else {
+            if let Some(last) = sandboxes.iter().filter_map(|s| s.metadata.as_ref().map(|m| m.attempt)).max() {
+                self.sandbox_attempt = last + 1;
+            }
+            for old in &sandboxes {
+                let _ = self.sh.cri.stop_pod_sandbox(&old.id).await;
+                match self.sh.cri.remove_pod_sandbox(&old.id).await {
+                    Ok(()) => tracing::info!(pod = %self.key, sandbox = %old.id, "removed a sandbox left by a previous run"),
+                    Err(e) => tracing::warn!(pod = %self.key, sandbox = %old.id, error = %e, "could not remove a stale sandbox"),
+                }
+            }
+            return Ok(());
+        };
         let st = self.sh.cri.pod_sandbox_status(&sb.id).await?;
         self.pod_ips = st.network.map(|n| std::iter::once(n.ip).chain(n.additional_ips.into_iter().map(|i| i.ip)).filter(|i| !i.is_empty()).collect()).unwrap_or_default();
         self.sandbox_attempt = sb.metadata.map(|m| m.attempt).unwrap_or(0);
