@@ -343,7 +343,12 @@ fn seed003_in_netns() {
 
 /// Normalized JSON listing of `ip dari`: chain names, rules per chain (in order), set elements (sorted).
 fn normalized(ns: &Netns) -> BTreeMap<String, Vec<String>> {
-    let text = ns.exec("nft -j list table ip dari");
+    normalized_table(ns, "ip")
+}
+
+/// [`normalized`] for the table of `family` (`ip`, `ip6`).
+fn normalized_table(ns: &Netns, family: &str) -> BTreeMap<String, Vec<String>> {
+    let text = ns.exec(&format!("nft -j list table {family} dari"));
     let v: serde_json::Value = serde_json::from_str(&text).expect("nft -j output");
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for item in v["nftables"].as_array().expect("array") {
@@ -447,7 +452,9 @@ fn netlink_incremental_equals_nft_full_load() {
             "Cluster",
             "Local",
         );
-        let mut svcs = vec![seed, empty, np, dns, aff, local];
+        // IPv6: a NodePort on the shared DNAT maps (ip6 keys and values, nodeport map).
+        let v6 = with_type(service("default", "v6", "fd00:200::10", &[tcp("http", 80, 8080)]), "NodePort", &[30060]);
+        let mut svcs = vec![seed, empty, np, dns, aff, local, v6];
         let udp: Vec<(&str, &str, Cond)> = udp_pods.iter().map(|p| (*p, "myk8s-worker", Cond::Ready)).collect();
         let mut slices = vec![
             webpods_slice("svc-clusterip", pods),
@@ -455,6 +462,7 @@ fn netlink_incremental_equals_nft_full_load() {
             webpods_slice("svc-aff", pods),
             webpods_slice("svc-local", pods),
             slice("default", "dns", "x", &[("dns", "UDP", 5353)], &udp),
+            slice("default", "v6", "x", &[("http", "TCP", 8080)], &[("fd10::1:2", "myk8s-worker", Cond::Ready), ("fd10::2:2", "n", Cond::Ready)]),
         ];
         if extra {
             svcs.push(service("default", "added", "10.200.1.99", &[tcp("http", 80, 8080)]));
@@ -481,6 +489,9 @@ fn netlink_incremental_equals_nft_full_load() {
         let mut full = Syncer::new(Arc::new(NftCli::in_netns(b.path())));
         full.sync(rs, true).unwrap_or_else(|e| panic!("full {i}: {e}"));
         assert_eq!(normalized(&a), normalized(&b), "step {i}: netlink-applied state differs from nft -f");
+        let six = normalized_table(&a, "ip6");
+        assert!(six.contains_key("set \"service-dnat-tcp-2\"") && six.contains_key("set \"nodeport-dnat-tcp-2\""), "step {i}: {six:?}");
+        assert_eq!(six, normalized_table(&b, "ip6"), "step {i}: netlink-applied ip6 table differs from nft -f");
     }
     let (netlink, cli) = applier.counts();
     assert_eq!((netlink, cli), (5, 0), "every step, the full one too, went through netlink");
