@@ -63,7 +63,7 @@ pub struct ProxyState {
     udp_refs: HashMap<(IpAddr, u16), u32>,
     /// How many Services fill each shared DNAT map, per family (a map and its rule exist while
     /// some Service uses them).
-    dnat_use: [BTreeMap<DnatMap, u32>; 2],
+    dnat_use: [HashMap<DnatMap, u32>; 2],
     /// How many Services DNAT to each endpoint address, per family (`@hairpin-ips`).
     hairpin_refs: [HashMap<IpAddr, u32>; 2],
     dirty: BTreeSet<SvcKey>,
@@ -82,7 +82,7 @@ impl ProxyState {
             frags: BTreeMap::new(),
             owners: [HashMap::new(), HashMap::new()],
             udp_refs: HashMap::new(),
-            dnat_use: [BTreeMap::new(), BTreeMap::new()],
+            dnat_use: [HashMap::new(), HashMap::new()],
             hairpin_refs: [HashMap::new(), HashMap::new()],
             dirty: BTreeSet::new(),
             needs_full: true,
@@ -246,112 +246,67 @@ impl ProxyState {
             });
             new_frags.push((key.clone(), new));
         }
-        // 2. Shared elements they touch, and who wins them now.
+        // 2. Shared elements and DNAT-map destinations (a group of elements at a time) they
+        //    touch, and who wins them now.
         let mut affected: [BTreeSet<(&'static str, String)>; 2] = [BTreeSet::new(), BTreeSet::new()];
-        for (key, new) in new_frags.iter().filter(|_| plan_tx) {
-            for fi in 0..2 {
-                let old = self.frags.get(key).map(|f| &f[fi].elements);
-                let new = new.as_ref().map(|f| &f[fi].elements);
-                for (set, k, _) in old.into_iter().flatten().chain(new.into_iter().flatten()) {
-                    affected[fi].insert((set, k.clone()));
-                }
-            }
-        }
-        let before: Vec<Vec<Option<Option<String>>>> = (0..2)
-            .map(|fi| affected[fi].iter().map(|(set, k)| if plan_tx { self.winner(fi, set, k) } else { None }).collect())
-            .collect();
-        // The same for DNAT-map destinations, a group of elements at a time.
         let mut affected_groups: [BTreeSet<(&'static str, Box<str>)>; 2] = [BTreeSet::new(), BTreeSet::new()];
         for (key, new) in new_frags.iter().filter(|_| plan_tx) {
             for fi in 0..2 {
-                let old = self.frags.get(key).map(|f| &f[fi].dnat);
-                let new = new.as_ref().map(|f| &f[fi].dnat);
-                for g in old.into_iter().flatten().chain(new.into_iter().flatten()) {
-                    affected_groups[fi].insert((group_kind(g.map), g.key.clone()));
+                let frags = self.frags.get(key).map(|f| &f[fi]).into_iter().chain(new.as_ref().map(|f| &f[fi]));
+                for f in frags {
+                    affected[fi].extend(f.elements.iter().map(|(set, k, _)| (*set, k.clone())));
+                    affected_groups[fi].extend(f.dnat.iter().map(|g| (group_kind(g.map), g.key.clone())));
                 }
             }
         }
+        let before: Vec<Vec<Option<Option<String>>>> =
+            (0..2).map(|fi| affected[fi].iter().map(|(set, k)| self.winner(fi, set, k)).collect()).collect();
         let groups_before: Vec<Vec<Option<DnatGroup>>> =
             (0..2).map(|fi| affected_groups[fi].iter().map(|(kind, k)| self.group_winner(fi, kind, k)).collect()).collect();
-        // 3. Ownership: the old fragments give up their elements, the new ones claim theirs.
-        for (key, new) in &new_frags {
-            for fi in 0..2 {
-                if let Some(old) = self.frags.get(key) {
-                    for (set, k, _) in &old[fi].elements {
-                        let id = (*set, hash_key(k));
-                        if let Some(owners) = self.owners[fi].get_mut(&id) {
-                            owners.retain(|o| o != key);
-                            if owners.is_empty() {
-                                self.owners[fi].remove(&id);
-                            }
-                        }
-                    }
-                }
-                for (set, k, _) in new.iter().flat_map(|f| f[fi].elements.iter()) {
-                    let owners = self.owners[fi].entry((*set, hash_key(k))).or_default();
-                    if let Err(i) = owners.binary_search(key) {
-                        owners.insert(i, key.clone());
-                    }
-                }
-                if let Some(old) = self.frags.get(key) {
-                    for g in &old[fi].dnat {
-                        let id = (group_kind(g.map), hash_key(&g.key));
-                        if let Some(owners) = self.owners[fi].get_mut(&id) {
-                            owners.retain(|o| o != key);
-                            if owners.is_empty() {
-                                self.owners[fi].remove(&id);
-                            }
-                        }
-                    }
-                }
-                for g in new.iter().flat_map(|f| f[fi].dnat.iter()) {
-                    let owners = self.owners[fi].entry((group_kind(g.map), hash_key(&g.key))).or_default();
-                    if let Err(i) = owners.binary_search(key) {
-                        owners.insert(i, key.clone());
-                    }
-                }
-            }
-        }
-        // Hairpin addresses: counted; an element exists while some Service DNATs to it.
+        let dnat_before: [BTreeSet<DnatMap>; 2] = [0, 1].map(|fi| self.dnat_use[fi].keys().copied().collect());
+        // 3. The old fragments give up what they held, the new ones take theirs: shared elements
+        //    and DNAT destinations are owned (the last owner in key order wins), hairpin
+        //    addresses and DNAT maps counted (an element or map exists while some Service uses it).
+        // (which hairpin addresses changed, with their presence before: only a plan needs it)
         let mut hairpin_touched: [BTreeMap<IpAddr, bool>; 2] = [BTreeMap::new(), BTreeMap::new()];
         for (key, new) in &new_frags {
             for fi in 0..2 {
-                let old = self.frags.get(key).map(|f| f[fi].hairpin.as_slice()).unwrap_or_default();
-                let new = new.as_ref().map(|f| f[fi].hairpin.as_slice()).unwrap_or_default();
-                for a in old {
-                    let before = self.hairpin_refs[fi].contains_key(a);
-                    hairpin_touched[fi].entry(*a).or_insert(before);
-                    if let Some(n) = self.hairpin_refs[fi].get_mut(a) {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
-                            self.hairpin_refs[fi].remove(a);
+                let owners = &mut self.owners[fi];
+                let hairpin = &mut self.hairpin_refs[fi];
+                let maps = &mut self.dnat_use[fi];
+                if let Some(old) = self.frags.get(key).map(|f| &f[fi]) {
+                    for (set, k, _) in &old.elements {
+                        disown(owners, (set, hash_key(k)), key);
+                    }
+                    for g in &old.dnat {
+                        disown(owners, (group_kind(g.map), hash_key(&g.key)), key);
+                        count_down(maps, &g.map);
+                    }
+                    for a in &old.hairpin {
+                        if plan_tx {
+                            hairpin_touched[fi].entry(*a).or_insert_with(|| hairpin.contains_key(a));
                         }
+                        count_down(hairpin, a);
                     }
                 }
-                for a in new {
-                    let before = self.hairpin_refs[fi].contains_key(a);
-                    hairpin_touched[fi].entry(*a).or_insert(before);
-                    *self.hairpin_refs[fi].entry(*a).or_insert(0) += 1;
+                if let Some(new) = new.as_ref().map(|f| &f[fi]) {
+                    for (set, k, _) in &new.elements {
+                        own(owners, (set, hash_key(k)), key);
+                    }
+                    for g in &new.dnat {
+                        own(owners, (group_kind(g.map), hash_key(&g.key)), key);
+                        count_up(maps, g.map);
+                    }
+                    for a in &new.hairpin {
+                        if plan_tx {
+                            hairpin_touched[fi].entry(*a).or_insert_with(|| hairpin.contains_key(a));
+                        }
+                        count_up(hairpin, *a);
+                    }
                 }
             }
         }
         // 4. Swap the fragments in; keep the old ones for the plan and the UDP counts.
-        let dnat_before: [BTreeSet<DnatMap>; 2] = self.dnat_use.clone().map(|m| m.into_keys().collect());
-        for (key, new) in &new_frags {
-            for fi in 0..2 {
-                for g in self.frags.get(key).iter().flat_map(|f| f[fi].dnat.iter()) {
-                    if let Some(n) = self.dnat_use[fi].get_mut(&g.map) {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
-                            self.dnat_use[fi].remove(&g.map);
-                        }
-                    }
-                }
-                for g in new.iter().flat_map(|f| f[fi].dnat.iter()) {
-                    *self.dnat_use[fi].entry(g.map).or_insert(0) += 1;
-                }
-            }
-        }
         let mut old_frags: Vec<[Fragment; 2]> = Vec::with_capacity(new_frags.len());
         let mut kept: Vec<SvcKey> = Vec::with_capacity(new_frags.len());
         for (key, new) in new_frags {
@@ -367,19 +322,13 @@ impl ProxyState {
         // UDP endpoints: count down the old, up the new; what reaches zero is stale.
         let mut maybe_stale: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
         for ep in old_frags.iter().flat_map(|fr| fr.iter().flat_map(udp_endpoints_of_fragment)) {
-            {
-                if let Some(n) = self.udp_refs.get_mut(&ep) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.udp_refs.remove(&ep);
-                        maybe_stale.insert(ep);
-                    }
-                }
+            if count_down(&mut self.udp_refs, &ep) {
+                maybe_stale.insert(ep);
             }
         }
         for key in &kept {
             for ep in self.frags.get(key).into_iter().flat_map(|fr| fr.iter().flat_map(udp_endpoints_of_fragment)) {
-                *self.udp_refs.entry(ep).or_insert(0) += 1;
+                count_up(&mut self.udp_refs, ep);
             }
         }
         let stale_udp_endpoints: Vec<(IpAddr, u16)> =
@@ -504,6 +453,40 @@ fn udp_endpoints_of_fragment(f: &Fragment) -> Vec<(IpAddr, u16)> {
     let mut out: Vec<(IpAddr, u16)> = f.chains.iter().flat_map(udp_endpoints_of_chain).collect();
     out.extend(f.dnat.iter().filter(|g| g.map.proto == Proto::Udp).flat_map(|g| g.endpoints.iter().copied()));
     out
+}
+
+/// One more user of `k`.
+fn count_up<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, k: K) {
+    *counts.entry(k).or_insert(0) += 1;
+}
+
+/// One user fewer of `k`; true when that was the last (the entry is gone).
+fn count_down<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, k: &K) -> bool {
+    let Some(n) = counts.get_mut(k) else { return false };
+    *n = n.saturating_sub(1);
+    if *n > 0 {
+        return false;
+    }
+    counts.remove(k);
+    true
+}
+
+/// `key` claims the shared element or destination `id` (owners stay sorted).
+fn own(owners: &mut HashMap<(&'static str, u64), Owners>, id: (&'static str, u64), key: &SvcKey) {
+    let list = owners.entry(id).or_default();
+    if let Err(i) = list.binary_search(key) {
+        list.insert(i, key.clone());
+    }
+}
+
+/// `key` gives up `id`; the entry goes with its last owner.
+fn disown(owners: &mut HashMap<(&'static str, u64), Owners>, id: (&'static str, u64), key: &SvcKey) {
+    if let Some(list) = owners.get_mut(&id) {
+        list.retain(|o| o != key);
+        if list.is_empty() {
+            owners.remove(&id);
+        }
+    }
 }
 
 /// Owner-index name of a DNAT destination: ClusterIP or NodePort, and protocol (a destination

@@ -224,7 +224,7 @@ fn show_service() {
 fn show_service_on_the_fast_path() {
     // Without affinity the Service has no chain: `show` finds its elements by its addresses.
     let (svc, e) = seed003();
-    let rs = r(&[svc.clone()], &[e]);
+    let rs = r(std::slice::from_ref(&svc), &[e]);
     golden("show-svc-fast.txt", &dari_proxy::show(&rs, &[svc], "default", Some("svc-clusterip")));
 }
 
