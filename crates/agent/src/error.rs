@@ -153,6 +153,19 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// The message followed by its causes (`CRI RunPodSandbox for default/web: ... is reserved
+    /// for ...`): logs and other crates' errors need the whole chain, not the outer line.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> AgentError {
         let path = path.into();
         move |source| AgentError::Io { op, path, source }

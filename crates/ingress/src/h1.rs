@@ -153,19 +153,17 @@ impl Chunked {
                     }
                     i += 1;
                 }
-                Ext => {
+                // the rest of a chunk-size line or of a trailer field: skipped up to its CR
+                Ext | TrailerLine => {
                     match b {
-                        b'\r' => self.state = SizeLf,
+                        b'\r' => self.state = if self.state == Ext { SizeLf } else { TrailerLf },
                         b'\n' => return Err(ChunkError),
                         _ => {}
                     }
                     i += 1;
                 }
                 SizeLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = if self.size == 0 { Trailer } else { Data };
+                    self.state = expect(b, b'\n', if self.size == 0 { Trailer } else { Data })?;
                     self.digits = 0;
                     i += 1;
                 }
@@ -181,17 +179,11 @@ impl Chunked {
                     }
                 }
                 DataCr => {
-                    if b != b'\r' {
-                        return Err(ChunkError);
-                    }
-                    self.state = DataLf;
+                    self.state = expect(b, b'\r', DataLf)?;
                     i += 1;
                 }
                 DataLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = Size;
+                    self.state = expect(b, b'\n', Size)?;
                     i += 1;
                 }
                 Trailer => {
@@ -202,31 +194,26 @@ impl Chunked {
                     };
                     i += 1;
                 }
-                TrailerLine => {
-                    match b {
-                        b'\r' => self.state = TrailerLf,
-                        b'\n' => return Err(ChunkError),
-                        _ => {}
-                    }
-                    i += 1;
-                }
                 TrailerLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = Trailer;
+                    self.state = expect(b, b'\n', Trailer)?;
                     i += 1;
                 }
                 EndLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = Done;
+                    self.state = expect(b, b'\n', Done)?;
                     return Ok(i + 1);
                 }
             }
         }
         Ok(i)
+    }
+}
+
+/// `next` if `b` is the one byte the grammar allows here.
+fn expect(b: u8, want: u8, next: ChunkState) -> Result<ChunkState, ChunkError> {
+    if b == want {
+        Ok(next)
+    } else {
+        Err(ChunkError)
     }
 }
 

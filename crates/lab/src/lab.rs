@@ -693,15 +693,10 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
                 // containerd's content and images API (dari_agent::import_image); CRI unpacks an
                 // image's layers when a container first uses it, so unused stand-ins cost no unpack
                 for a in &archives {
-                    dari_agent::import_image(&sock, a).await.map_err(|e| {
-                        let mut chain = e.to_string();
-                        let mut src = std::error::Error::source(&e);
-                        while let Some(s) = src {
-                            chain.push_str(": ");
-                            chain.push_str(&s.to_string());
-                            src = s.source();
-                        }
-                        LabError::Process { what: "image import".into(), detail: format!("{} into {}: {chain}", a.display(), sock.display()), source: None }
+                    dari_agent::import_image(&sock, a).await.map_err(|e| LabError::Process {
+                        what: "image import".into(),
+                        detail: format!("{} into {}: {}", a.display(), sock.display(), e.with_causes()),
+                        source: None,
                     })?;
                 }
                 progress(&format!("      {name:<24} agent pid {pid}, {n_images} images imported"));

@@ -68,12 +68,15 @@ fn seed003_clusterip_across_four_nodes() {
     let lab = Lab::new("dari-e2e");
     let before = host_state(lab.dir.path());
     let port = free_port();
+    let up = || {
+        ok(Command::new(dari())
+            .args(["lab", "up", "--nodes", NODES, "--prefix", PREFIX, "--subnet", "172.31.77.0/24", "--api-listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--dir")
+            .arg(lab.dir.path()))
+    };
     let started = Instant::now();
-    ok(Command::new(dari())
-        .args(["lab", "up", "--nodes", NODES, "--prefix", PREFIX, "--subnet", "172.31.77.0/24", "--api-listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--dir")
-        .arg(lab.dir.path()));
+    up();
     eprintln!("lab up (4 nodes Ready) in {:.1}s", started.elapsed().as_secs_f64());
 
     let nodes = ok(&mut lab.kubectl(&["get", "nodes", "--no-headers"]));
@@ -227,11 +230,7 @@ fn seed003_clusterip_across_four_nodes() {
     // up again on the same directory (a node restart): the pods come back — their old sandboxes
     // are gone with the namespaces, and containerd still reserves their names — and serve again
     let started = Instant::now();
-    ok(Command::new(dari())
-        .args(["lab", "up", "--nodes", NODES, "--prefix", PREFIX, "--subnet", "172.31.77.0/24", "--api-listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--dir")
-        .arg(lab.dir.path()));
+    up();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let o = run(&mut lab.kubectl(&["exec", "net-pod", "--", "curl", "-s", "--max-time", "2", &format!("{svc}:9000")]));

@@ -244,6 +244,18 @@ impl Batch {
         self.end_nest(n)
     }
 
+    /// A message naming only a table and one object in it: `flush chain` (DELRULE without a
+    /// rule), `flush set` (DELSETELEM without elements), `delete set`. The table and name
+    /// attributes are 1 and 2 in each of these messages.
+    fn table_object_msg(&mut self, msg: u16, t: &TableRef, name: &str) {
+        const _: () = assert!(RULE_TABLE == 1 && RULE_CHAIN == 2 && ELEM_LIST_TABLE == 1 && ELEM_LIST_SET == 2);
+        const _: () = assert!(SET_TABLE == 1 && SET_NAME == 2);
+        let m = self.msg(msg, 0, t.family);
+        self.str(1, &t.name);
+        self.str(2, name);
+        self.finish(m);
+    }
+
     fn table_msg(&mut self, msg: u16, flags: u16, t: &TableRef) {
         let s = self.msg(msg, flags, t.family);
         self.str(TABLE_NAME, &t.name);
@@ -1115,29 +1127,14 @@ fn encode(tx: &Transaction) -> Result<(Vec<u8>, Option<u32>), Unsupported> {
             Op::DeleteTable(t) => b.table_msg(MSG_DELTABLE, 0, t),
             Op::AddChain(t, c, hook) => b.chain_msg(MSG_NEWCHAIN, NLM_F_CREATE, t, c, hook.as_ref())?,
             Op::DeleteChain(t, c) => b.chain_msg(MSG_DELCHAIN, 0, t, c, None)?,
-            Op::FlushChain(t, c) => {
-                let s = b.msg(MSG_DELRULE, 0, t.family);
-                b.str(RULE_TABLE, &t.name);
-                b.str(RULE_CHAIN, c);
-                b.finish(s);
-            }
+            Op::FlushChain(t, c) => b.table_object_msg(MSG_DELRULE, t, c),
             Op::AddRule(t, c, r) => {
                 let (body, comment) = split_comment(r);
                 b.rule(t, c, &compile_rule(t.family, body)?, comment)?
             }
             Op::AddSet(t, s) => b.new_set(t, s)?,
-            Op::FlushSet(t, s, _) => {
-                let m = b.msg(MSG_DELSETELEM, 0, t.family);
-                b.str(ELEM_LIST_TABLE, &t.name);
-                b.str(ELEM_LIST_SET, s);
-                b.finish(m);
-            }
-            Op::DeleteSet(t, s) => {
-                let m = b.msg(MSG_DELSET, 0, t.family);
-                b.str(SET_TABLE, &t.name);
-                b.str(SET_NAME, s);
-                b.finish(m);
-            }
+            Op::FlushSet(t, s, _) => b.table_object_msg(MSG_DELSETELEM, t, s),
+            Op::DeleteSet(t, s) => b.table_object_msg(MSG_DELSET, t, s),
             Op::AddElements(t, s, elements) => {
                 check_set(s)?;
                 let e: Vec<(&str, Option<&str>)> = elements.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();

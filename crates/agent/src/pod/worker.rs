@@ -145,15 +145,7 @@ impl PodWorker {
             quick = match self.sync().await {
                 Ok(progress) => progress,
                 Err(e) => {
-                    // with its causes: "CRI RunPodSandbox for default/web" alone says nothing
-                    let mut text = e.to_string();
-                    let mut cause = std::error::Error::source(&e);
-                    while let Some(c) = cause {
-                        text.push_str(": ");
-                        text.push_str(&c.to_string());
-                        cause = c.source();
-                    }
-                    tracing::warn!(pod = %self.key, error = %text, "pod sync failed");
+                    tracing::warn!(pod = %self.key, error = %e.with_causes(), "pod sync failed");
                     false
                 }
             };
