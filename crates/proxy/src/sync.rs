@@ -199,13 +199,13 @@ pub fn stale_udp_endpoints_of_plan(tx: &Transaction, old: &Ruleset, new: &Rulese
                 if let Some(os) = old_set(t.family, &s.name) {
                     for k in keys {
                         let v = os.elements.get(k).and_then(|v| v.as_deref());
-                        candidates.extend(udp_endpoint_of_element(&s.name, k, v));
+                        candidates.extend(udp_endpoint_of_element(&s.name, v));
                     }
                 }
             }
             Op::DeleteSet(t, name) | Op::FlushSet(t, name, _) => {
                 if let Some(os) = old_set(t.family, name) {
-                    candidates.extend(os.elements.iter().filter_map(|(k, v)| udp_endpoint_of_element(name, k, v.as_deref())));
+                    candidates.extend(os.elements.values().filter_map(|v| udp_endpoint_of_element(name, v.as_deref())));
                 }
             }
             _ => {}
@@ -230,14 +230,14 @@ pub fn stale_udp_endpoints_of_plan(tx: &Transaction, old: &Ruleset, new: &Rulese
 fn udp_endpoints_of_table(t: &crate::nft::Table) -> Vec<(IpAddr, u16)> {
     let mut out: Vec<(IpAddr, u16)> = t.chains.iter().flat_map(udp_endpoints_of_chain).collect();
     for (name, s) in &t.sets {
-        out.extend(s.elements.iter().filter_map(|(k, v)| udp_endpoint_of_element(name, k, v.as_deref())));
+        out.extend(s.elements.values().filter_map(|v| udp_endpoint_of_element(name, v.as_deref())));
     }
     out
 }
 
 /// The endpoint of an element of a shared UDP DNAT map (`... : EP . PORT`); `None` for
 /// anything else.
-pub(crate) fn udp_endpoint_of_element(set: &str, _key: &str, value: Option<&str>) -> Option<(IpAddr, u16)> {
+fn udp_endpoint_of_element(set: &str, value: Option<&str>) -> Option<(IpAddr, u16)> {
     if !crate::render::DnatMap::is_udp_map(set) {
         return None;
     }

@@ -230,8 +230,10 @@ fn show_service_on_the_fast_path() {
 
 #[test]
 fn clusterip_numgen_vmap_layout() {
-    // kube-proxy's exact layout: one `numgen random mod N vmap` per Service port.
+    // kube-proxy's exact layout: one `numgen random mod N vmap` per Service port, for ports that
+    // have a chain (here the external IP's path; the ClusterIP itself takes the shared DNAT map).
     let (s, e) = seed003();
+    let s = with_external_ips(s, &["192.0.2.10"]);
     let cfg = ProxyConfig { numgen_vmap: true, ..cfg() };
     golden("clusterip-numgen-vmap.nft", &v4(&render(&[s], &[e], &node(), &cfg)));
 }
