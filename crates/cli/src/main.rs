@@ -241,7 +241,14 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Cmd::Proxy(args) => {
-                dari_proxy::run(dari_proxy::ProxyRunConfig::from(args)).await?;
+                match args.show_request().map_err(anyhow::Error::msg)? {
+                    Some(name) => {
+                        let ns = args.namespace.clone();
+                        let cfg = dari_proxy::ProxyRunConfig::from(args);
+                        print!("{}", dari_proxy::show_from_api(&cfg, &ns, name.as_deref()).await?);
+                    }
+                    None => dari_proxy::run(dari_proxy::ProxyRunConfig::from(args)).await?,
+                }
                 Ok(())
             }
             Cmd::Dns(args) => {

@@ -61,6 +61,33 @@ pub struct ProxyArgs {
     /// Apply the rules inside this network namespace (e.g. /var/run/netns/node1).
     #[arg(long)]
     pub netns: Option<PathBuf>,
+    /// `show [svc/NAME]`: print what this node's proxy makes of Service NAME (of every Service of
+    /// --namespace without a name): the map elements that lead to it with each endpoint's share,
+    /// its chains and affinity sets; then exit instead of running.
+    #[arg(value_name = "show [svc/NAME]", num_args = 0..=2)]
+    pub show: Vec<String>,
+    /// Namespace for `show`.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+}
+
+impl ProxyArgs {
+    /// What the positional words ask for: `Ok(None)` to run the proxy, `Ok(Some(name))` for
+    /// `show` (`name` `None`: every Service of the namespace); `Err` says what is wrong.
+    pub fn show_request(&self) -> Result<Option<Option<String>>, String> {
+        match self.show.as_slice() {
+            [] => Ok(None),
+            [verb] if verb == "show" => Ok(Some(None)),
+            [verb, target] if verb == "show" => {
+                let name = target.strip_prefix("svc/").or_else(|| target.strip_prefix("service/")).unwrap_or(target);
+                if name.is_empty() || name.contains('/') {
+                    return Err(format!("dari proxy show {target}: expected svc/NAME or NAME"));
+                }
+                Ok(Some(Some(name.to_string())))
+            }
+            other => Err(format!("dari proxy: unexpected {:?} (the only command is `show [svc/NAME]`)", other.join(" "))),
+        }
+    }
 }
 
 /// Everything [`run`] needs.

@@ -143,3 +143,21 @@ async fn full_then_incremental_sync_from_watch_events() {
     );
     task.abort();
 }
+
+#[test]
+fn show_words_parse() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: dari_proxy::ProxyArgs,
+    }
+    use clap::Parser;
+    let parse = |words: &[&str]| Cli::try_parse_from(std::iter::once("dari-proxy").chain(words.iter().copied())).unwrap().a;
+    assert_eq!(parse(&["--node-name", "n"]).show_request(), Ok(None));
+    assert_eq!(parse(&["show", "--node-name", "n"]).show_request(), Ok(Some(None)));
+    let a = parse(&["show", "svc/web", "--node-name", "n", "-n", "shop"]);
+    assert_eq!((a.show_request(), a.namespace.as_str()), (Ok(Some(Some("web".to_string()))), "shop"));
+    assert_eq!(parse(&["--node-name", "n", "show", "web"]).show_request(), Ok(Some(Some("web".to_string()))));
+    assert!(parse(&["show", "a/b/c", "--node-name", "n"]).show_request().is_err());
+    assert!(parse(&["list", "--node-name", "n"]).show_request().is_err());
+}
