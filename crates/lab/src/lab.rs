@@ -681,7 +681,10 @@ async fn up_inner(args: &LabUpArgs, dirs: &LabDirs, state: &LabState, t0: Instan
             let (pid, archives, name) = (*pid, archives.clone(), n.name.clone());
             async move {
                 let s2 = sock.clone();
-                let r = blocking(move || procs::wait_for("containerd socket", timeout, || s2.exists() || !procs::alive(pid as i32))).await;
+                // accepting, not only there: containerd binds the socket a moment before it
+                // listens, and an import that connects in between is refused
+                let accepting = move || std::os::unix::net::UnixStream::connect(&s2).is_ok();
+                let r = blocking(move || procs::wait_for("containerd socket", timeout, || accepting() || !procs::alive(pid as i32))).await;
                 if r.is_err() || !sock.exists() {
                     return Err(LabError::Process {
                         what: format!("agent {name}"),
