@@ -86,9 +86,18 @@ fn upstream_answer(q: &Message) -> Message {
 }
 
 async fn start_upstream(dead: bool) -> Result<Upstream> {
-    let udp = UdpSocket::bind("127.0.0.1:0").await?;
-    let addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(addr).await?;
+    // UDP and TCP on one port: the port the kernel gives UDP may be taken for TCP by another
+    // test running at the same time; then try another (as `DnsServer::bind` does)
+    let mut tries = 0;
+    let (udp, addr, tcp) = loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").await?;
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, addr, tcp),
+            Err(e) if tries < 20 && e.kind() == std::io::ErrorKind::AddrInUse => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
     let queries = Arc::new(AtomicUsize::new(0));
     let qc = queries.clone();
     tokio::spawn(async move {
